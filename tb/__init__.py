@@ -1,0 +1,1 @@
+"""cocotb testbenches for the NIC: the TB class, the simulated PCIe access, TLP capture, tests, replay."""
