@@ -30,6 +30,7 @@ class DriverConfig:
     irq_coalesce_count: int = 1   # events per interrupt
     irq_coalesce_timer: int = 0   # cycles after the first event (0: off)
     cpl_timeout: int | None = None  # DMA completion timeout in cycles (None: device default)
+    irq_wait_ns: int = 10_000_000  # longest wait for an interrupt before checking for a stopped queue
 
     def __post_init__(self) -> None:
         for name in ("tx_ring_size", "rx_ring_size"):
@@ -129,11 +130,15 @@ class NicDriver:
         assert self.tx is not None, "init() first"
         i = 0
         while i < len(frames):
+            tok = self.pci.irq_count
             self.poll_tx()
             n = min(self.tx.free, len(frames) - i)
             if n == 0:
-                if not await self.pci.wait_irq(10_000_000):
-                    await self._check_errors("TXQ")
+                if not await self.pci.wait_irq(self.config.irq_wait_ns, since=tok):
+                    self.poll_tx()
+                    if self.tx.free == 0:
+                        await self._check_errors("TXQ")
+                        raise NicError("TX ring full and no completion came")
                 continue
             for f in frames[i:i + n]:
                 if not 0 < len(f) <= min(self.config.tx_buf_size, self.regs.MAX_FRAME_BYTES):
@@ -167,10 +172,11 @@ class NicDriver:
     async def wait_tx_done(self, timeout_ns: int = 100_000_000) -> None:
         assert self.tx is not None
         while True:
+            tok = self.pci.irq_count
             self.poll_tx()
             if self.tx.clean == self.tx.prod:
                 return
-            if not await self.pci.wait_irq(timeout_ns):
+            if not await self.pci.wait_irq(timeout_ns, since=tok):
                 self.poll_tx()
                 if self.tx.clean == self.tx.prod:
                     return
@@ -204,10 +210,11 @@ class NicDriver:
     async def recv(self, timeout_ns: int = 100_000_000) -> bytes:
         """Next received frame (waits for an interrupt when none is ready)."""
         while not self.rx_queue:
+            tok = self.pci.irq_count
             if self.poll_rx():
                 await self.pci.mmio_write32(self.regs.REG_RXQ_PROD, self.rx.prod)
                 continue
-            if not await self.pci.wait_irq(timeout_ns):
+            if not await self.pci.wait_irq(timeout_ns, since=tok):
                 if self.poll_rx():
                     await self.pci.mmio_write32(self.regs.REG_RXQ_PROD, self.rx.prod)
                     continue

@@ -65,8 +65,12 @@ class PcieAccess(abc.ABC):
         """Write host memory (what the device will read)."""
 
     @abc.abstractmethod
-    async def wait_irq(self, timeout_ns: int) -> bool:
-        """Wait for the next interrupt; False on timeout."""
+    async def wait_irq(self, timeout_ns: int, since: int | None = None) -> bool:
+        """Wait until irq_count exceeds ``since`` (default: its value now); False on timeout.
+
+        Read irq_count before polling the rings and pass it as ``since`` so an interrupt that lands
+        between the poll and the wait is not lost; any number of waiters may wait at once.
+        """
 
     @property
     @abc.abstractmethod

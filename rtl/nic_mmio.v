@@ -168,7 +168,8 @@ end
 
 /* completion byte count / lower address (non-memory-read completions: 4 and 0) */
 wire [12:0] cpl_byte_cnt = req_type == REQ_MEM_RD ? rd_byte_cnt : 13'd4;
-wire [6:0]  cpl_lower_addr = req_type == REQ_MEM_RD ? {req_addr[6:2], lead_zeros(first_be_reg)} : 7'd0;
+wire [2:0]  first_byte = lead_zeros(first_be_reg);
+wire [6:0]  cpl_lower_addr = req_type == REQ_MEM_RD ? {req_addr[6:2], first_byte[1:0]} : 7'd0;
 
 /* completion emitter */
 wire [95:0] cc_hdr = {1'b0, req_attr, req_tc, 1'b0, 8'h00, req_func, req_tag,

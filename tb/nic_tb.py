@@ -196,13 +196,14 @@ class TB:
         rcb_bit = 1 << 3
         lnkctl = (lnkctl | rcb_bit) if self.link.rcb == 128 else (lnkctl & ~rcb_bit)
         await self.fn.capability_write_word(PciCapId.EXP, 0x10, lnkctl)
-        await self.fn.alloc_irq_vectors(1, self.regs.MSIX_VECTORS)
         self.access = SimPcieAccess(self.rc, self.fn)
-        self.fn.request_irq(0, self.access.irq_handler)
-        msi_lo = self.fn.msi_vectors[0].addr
         self.tracer.classifier = Classifier(
             self.access.bar_addr, BAR0_SIZE, {self.regs.REG_TXQ_PROD, self.regs.REG_RXQ_PROD},
-            self.access.find, (msi_lo, msi_lo + 16))
+            self.access.find, (0, 0))
+        await self.fn.alloc_irq_vectors(1, self.regs.MSIX_VECTORS)
+        self.fn.request_irq(0, self.access.irq_handler)
+        msi_lo = self.fn.msi_vectors[0].addr
+        self.tracer.classifier.msi_range = (msi_lo, msi_lo + 16)
         self.driver = NicDriver(self.access, self.regs, driver_config or DriverConfig())
         if start_driver:
             await self.driver.init()

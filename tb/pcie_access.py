@@ -20,7 +20,6 @@ class SimPcieAccess(PcieAccess):
         self._mem: dict[int, object] = {}
         self._irq_event = Event()
         self._irq_count = 0
-        self._irq_taken = 0
 
     # MMIO
     async def mmio_read32(self, offset: int) -> int:
@@ -71,17 +70,16 @@ class SimPcieAccess(PcieAccess):
     async def irq_handler(self) -> None:
         self._irq_count += 1
         self._irq_event.set()
+        self._irq_event = Event()  # waiters already woken; later waiters wait for the next one
 
-    async def wait_irq(self, timeout_ns: int) -> bool:
-        if self._irq_taken < self._irq_count:
-            self._irq_taken = self._irq_count
+    async def wait_irq(self, timeout_ns: int, since: int | None = None) -> bool:
+        since = self._irq_count if since is None else since
+        if self._irq_count > since:
             return True
-        self._irq_event.clear()
+        if self._irq_event.is_set():
+            self._irq_event.clear()
         await First(self._irq_event.wait(), Timer(timeout_ns, "ns"))
-        if self._irq_taken < self._irq_count:
-            self._irq_taken = self._irq_count
-            return True
-        return False
+        return self._irq_count > since
 
     @property
     def irq_count(self) -> int:

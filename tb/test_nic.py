@@ -1,20 +1,382 @@
 """cocotb tests of the NIC: short stories on top of the TB class. Collected by tests/test_sim.py."""
 
-import cocotb
+import os
+import struct
 
+import cocotb
+from cocotb.triggers import Combine, Timer
+
+from host.driver import DriverConfig, NicError
+from phantom.rules import Checker
+from phantom.trace import Direction, SemClass, TlpType
 from tb.nic_tb import TB
+
+SIZES = [60, 61, 63, 64, 65, 127, 128, 129, 255, 256, 511, 512, 1500, 1514, 4095, 4096, 4097, 9000]
+
+
+def frame(n: int, salt: int = 0) -> bytes:
+    return bytes((salt * 31 + i * 7 + (i >> 8)) & 0xFF for i in range(n))
+
+
+def live_checker(tb: TB) -> Checker:
+    """Run the rule checker on every TLP as it is captured."""
+    chk = Checker(tb.tracer.header)
+    tb.tracer.listeners.append(chk.feed)
+    return chk
+
+
+def assert_clean(chk: Checker) -> None:
+    rep = chk.report()
+    assert rep.ok, "PCIe rule violations:\n" + rep.format()
 
 
 @cocotb.test()
 async def smoke(dut):
     tb = TB(dut)
+    chk = live_checker(tb)
     await tb.init()
-    assert await tb.read_reg("REG_ID") == tb.regs.NIC_ID_VALUE
-    frame = bytes(range(256)) * 2
-    await tb.driver.xmit(frame)
-    out = await tb.recv_frame()
-    assert out == frame
-    await tb.send_frame(frame[:100])
-    got = await tb.driver.recv()
-    assert got == frame[:100]
+    f = frame(512)
+    await tb.driver.xmit(f)
+    assert await tb.recv_frame() == f
+    await tb.send_frame(f[:100])
+    assert await tb.driver.recv() == f[:100]
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def enumeration_and_bar(dut):
+    tb = TB(dut)
+    await tb.init(start_driver=False)
+    r = tb.regs
+    assert await tb.read_reg("REG_ID") == r.NIC_ID_VALUE
+    assert await tb.read_reg("REG_VERSION") == r.NIC_VERSION_VALUE
+    assert tb.fn.bar_addr[0] is not None and tb.fn.bar_size[0] == 64 * 1024
+    lp = await tb.read_reg("REG_LINK_PARAMS")
+    assert 128 << (lp & 7) == tb.link.mps, f"device sees MPS code {lp & 7}"
+    assert 128 << ((lp >> 4) & 7) == tb.link.mrrs, f"device sees MRRS code {(lp >> 4) & 7}"
+    assert bool(lp >> 8 & 1) == (tb.link.rcb == 128)
+    st = await tb.read_reg("REG_STATUS")
+    assert st & (1 << r.STATUS_BUS_MASTER_BIT) and st & (1 << r.STATUS_MSIX_EN_BIT), f"status {st:#x}"
+
+
+@cocotb.test()
+async def mmio_byte_enables(dut):
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init(start_driver=False)
+    a, off = tb.access, tb.regs.REG_SCRATCH
+    await a.mmio_write32(off, 0x11223344)
+    await a.mmio_write(off + 1, b"\xAA")
+    assert await a.mmio_read32(off) == 0x1122AA44
+    await a.mmio_write(off + 2, b"\xBB\xCC")
+    assert await a.mmio_read32(off) == 0xCCBBAA44
+    assert await a.mmio_read(off + 1, 2) == b"\xAA\xBB"
+    # a 2-DW read spanning two registers
+    got = await a.mmio_read(tb.regs.REG_ID, 8)
+    assert struct.unpack("<II", got) == (tb.regs.NIC_ID_VALUE, tb.regs.NIC_VERSION_VALUE)
+    # a 2-DW write: scratch and the next register (link params, read-only: ignored)
+    await a.mmio_write(off, struct.pack("<II", 0xDEADBEEF, 0))
+    assert await a.mmio_read32(off) == 0xDEADBEEF
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def tx_sizes(dut):
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init()
+    for i, n in enumerate(SIZES):
+        f = frame(n, i)
+        await tb.driver.xmit(f)
+        got = await tb.recv_frame()
+        assert got == f, f"TX {n} B: got {len(got)} B"
+    await tb.driver.wait_tx_done()
+    st = await tb.driver.stats()
+    assert st["tx_pkts"] == len(SIZES) and st["tx_bytes"] == sum(SIZES)
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def rx_sizes(dut):
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init()
+    for i, n in enumerate(SIZES):
+        f = frame(n, i)
+        await tb.send_frame(f)
+        got = await tb.driver.recv()
+        assert got == f, f"RX {n} B: got {len(got)} B"
+    st = await tb.driver.stats()
+    assert st["rx_pkts"] == len(SIZES) and st["rx_bytes"] == sum(SIZES)
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def loopback(dut):
+    tb = TB(dut)
+    await tb.init()
+    await tb.write_reg("REG_CTRL", 1 << tb.regs.CTRL_LOOPBACK_BIT)
+    frames = [frame(n, n) for n in (60, 1500, 9000, 61)]
+    await tb.driver.xmit_batch(frames)
+    for f in frames:
+        assert await tb.driver.recv() == f
+    assert tb.mac_tx.empty(), "loopback frames must not leave on the MAC"
+
+
+@cocotb.test()
+async def backpressure(dut):
+    """Many frames back to back both ways while the MAC TX sink pauses."""
+    tb = TB(dut)
+    tb.mac_tx.set_pause_generator(TB._pause_pattern())
+    chk = live_checker(tb)
+    await tb.init(DriverConfig(tx_ring_size=16, rx_ring_size=16, irq_coalesce_count=4, irq_coalesce_timer=200))
+    tx = [frame(64 + 97 * i % 1400, i) for i in range(60)]
+    rx = [frame(60 + 131 * i % 1500, i + 1) for i in range(60)]
+
+    async def wire_out():
+        for f in tx:
+            assert await tb.recv_frame() == f
+
+    async def host_in():
+        for f in rx:
+            assert await tb.driver.recv() == f
+
+    async def wire_in():
+        for f in rx:
+            await tb.send_frame(f)
+
+    jobs = [cocotb.start_soon(c()) for c in (wire_out, host_in, wire_in)]
+    await tb.driver.xmit_batch(tx)
+    await Combine(*jobs)
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def link_sweep(dut):
+    """Under the MPS/MRRS/RCB of the environment: data intact, device obeys MPS/MRRS/4 KB, RC splits on RCB."""
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init()
+    sizes = [9000, 4097, 1500, 333, 8192]
+    # an unaligned-to-4K buffer start makes 4 KB crossings likely
+    for i, n in enumerate(sizes):
+        f = frame(n, i)
+        await tb.driver.xmit(f)
+        assert await tb.recv_frame() == f
+        await tb.send_frame(f)
+        assert await tb.driver.recv() == f
+    recs = tb.tracer.records
+    up_wr = [r for r in recs if r.dir == Direction.UP and r.type.is_mem_write and r.cls == SemClass.DATA_WRITE]
+    up_rd = [r for r in recs if r.dir == Direction.UP and r.type.is_mem_read and r.cls == SemClass.DATA_READ]
+    assert max(r.length * 4 for r in up_wr) == tb.link.mps, "largest write should be exactly MPS"
+    assert max(r.length * 4 for r in up_rd) == min(tb.link.mrrs, 4096), "largest read should be exactly MRRS"
+    for r in up_wr + up_rd:
+        assert (r.address & 0xFFF) + r.length * 4 <= 4096, f"4 KB crossing at {r.address:#x}"
+    cpls = [r for r in recs if r.dir == Direction.DOWN and r.type == TlpType.CplD and r.byte_count > r.length * 4]
+    for r in cpls:  # non-final completions end on an RCB boundary
+        assert (r.lower_address + r.length * 4) % tb.link.rcb == 0 or (r.lower_address + r.length * 4) % 128 == 0
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def interrupts(dut):
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init(DriverConfig(irq_coalesce_count=4, irq_coalesce_timer=0))
+    n0 = tb.access.irq_count
+    for i in range(8):
+        await tb.driver.xmit(frame(100, i))
+        await tb.recv_frame()
+    await tb.settle(3000)
+    assert tb.access.irq_count - n0 == 2, f"8 events with coalescing 4 -> 2 interrupts, got {tb.access.irq_count - n0}"
+    # every interrupt is ordered after a completion-record write in the trace
+    recs = tb.tracer.records
+    irq_idx = [i for i, r in enumerate(recs) if r.cls == SemClass.INTERRUPT]
+    assert irq_idx and all(any(r.cls == SemClass.CPL_WRITE for r in recs[:i]) for i in irq_idx)
+    # masked vector: no message, pending bit set; unmasking delivers it
+    await tb.write_reg("REG_IRQ_COAL_COUNT", 1)
+    await tb.access.mmio_write32(tb.regs.REG_MSIX_TABLE + 12, 1)
+    n1 = tb.access.irq_count
+    await tb.driver.xmit(frame(100, 99))
+    await tb.recv_frame()
+    await tb.settle(3000)
+    assert tb.access.irq_count == n1, "masked vector must not send"
+    assert await tb.read_reg("REG_MSIX_PBA") == 1
+    await tb.access.mmio_write32(tb.regs.REG_MSIX_TABLE + 12, 0)
+    await tb.settle(3000)
+    assert tb.access.irq_count == n1 + 1 and await tb.read_reg("REG_MSIX_PBA") == 0
+    st = await tb.read_reg("REG_IRQ_STATUS")
+    assert st & (1 << tb.regs.IRQ_TX_BIT)
+    await tb.write_reg("REG_IRQ_STATUS", st)
+    assert await tb.read_reg("REG_IRQ_STATUS") == 0
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def bad_mmio(dut):
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init(start_driver=False)
+    a, r = tb.access, tb.regs
+    assert await a.mmio_read32(0x3000) == 0, "unmapped offsets read as zero"
+    await a.mmio_write32(0x3000, 0x1234)
+    await a.mmio_write32(r.REG_ID, 0)  # read-only: ignored
+    assert await a.mmio_read32(r.REG_ID) == r.NIC_ID_VALUE
+    assert await a.mmio_read32(r.REG_STAT_MMIO_UNMAPPED) == 2
+    # a read longer than the completer serves: Completer Abort
+    failed = 0
+    try:
+        await a.mmio_read(0, 128)
+    except Exception:  # cocotbext-pcie raises on any unsuccessful completion
+        failed += 1
+    # IO request to the legacy IO BAR: Unsupported Request
+    try:
+        await tb.fn.bar_window[2].read_dword(0)
+    except Exception:
+        failed += 1
+    assert failed == 2, "both requests must be answered with an unsuccessful completion"
+    assert await a.mmio_read32(r.REG_STAT_UR_SENT) == 2
+    bad = [x.status.name for x in tb.tracer.records if x.type.is_completion and x.status != 0]
+    assert bad == ["CA", "UR"], bad
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def bad_ring_size(dut):
+    tb = TB(dut)
+    await tb.init(start_driver=False)
+    r = tb.regs
+    for size in (3, 0, 1, 100, r.QUEUE_MAX_SIZE * 2):
+        await tb.write_reg("REG_TXQ_CTRL", 0)
+        await tb.write_reg("REG_TXQ_SIZE", size)
+        await tb.write_reg("REG_TXQ_CTRL", 1)
+        st = await tb.read_reg("REG_TXQ_STATUS")
+        assert st & (1 << r.QSTAT_SIZE_ERR_BIT) and not st & (1 << r.QSTAT_ACTIVE_BIT), f"size {size}: {st:#x}"
+    await tb.write_reg("REG_TXQ_SIZE", 64)
+    await tb.write_reg("REG_TXQ_CTRL", 1)
+    assert await tb.read_reg("REG_TXQ_STATUS") == 1 << r.QSTAT_ACTIVE_BIT
+
+
+async def _stop_test(tb: TB, bit: str, counter: str | None = None):
+    r = tb.regs
+    for _ in range(100):
+        await Timer(1, "us")
+        st = await tb.read_reg("REG_TXQ_STATUS")
+        if not st & (1 << r.QSTAT_ACTIVE_BIT):
+            break
+    assert st & (1 << getattr(r, bit)), f"TXQ status {st:#x} lacks {bit}"
+    assert await tb.read_reg("REG_STAT_DMA_ERRORS") >= 1
+    if counter:
+        assert await tb.read_reg(counter) >= 1
+    assert await tb.read_reg("REG_IRQ_STATUS") & (1 << r.IRQ_ERR_BIT)
+    # the queue recovers after a reset by the driver
+    await tb.driver._setup_queue("TXQ", tb.driver.tx)
+    tb.driver.tx.prod = tb.driver.tx.clean = tb.driver.tx.phase = 0
+    f = frame(200, 5)
+    await tb.driver.xmit(f)
+    assert await tb.recv_frame() == f
+
+
+@cocotb.test()
+async def bad_descriptor_unmapped(dut):
+    """A descriptor names memory the host never mapped: the RC answers UR, the queue stops with DMA_ERR."""
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init()
+    d = tb.driver
+    d.pci.dma_write(d.tx.desc.addr, struct.pack("<QII", 0x7_0000_0000, 256, 0))
+    d.tx.prod = 1
+    await tb.write_reg("REG_TXQ_PROD", 1)
+    await _stop_test(tb, "QSTAT_DMA_ERR_BIT")
+    assert any(x.type.is_completion and x.status == 1 for x in tb.tracer.records), "UR completion in the trace"
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def bad_descriptor_length(dut):
+    tb = TB(dut)
+    await tb.init()
+    d = tb.driver
+    d.pci.dma_write(d.tx.desc.addr, struct.pack("<QII", d.tx.bufs[0].addr, 0, 0))
+    d.tx.prod = 1
+    await tb.write_reg("REG_TXQ_PROD", 1)
+    await _stop_test(tb, "QSTAT_DESC_ERR_BIT")
+
+
+@cocotb.test()
+async def poisoned_completion(dut):
+    tb = TB(dut)
+    await tb.init()
+    buf = tb.driver.tx.bufs[0]
+    tb.faults.poison_ranges.append((buf.addr, buf.addr + buf.size))
+    d = tb.driver
+    d.pci.dma_write(buf.addr, frame(300))
+    d._write_desc(d.tx, 0, buf.addr, 300)
+    d.tx.prod = 1
+    await tb.write_reg("REG_TXQ_PROD", 1)
+    await Timer(5, "us")
+    tb.faults.poison_ranges.clear()
+    assert tb.faults.poisoned >= 1
+    assert any(x.ep for x in tb.tracer.records)
+    await _stop_test(tb, "QSTAT_DMA_ERR_BIT")
+
+
+@cocotb.test()
+async def completion_timeout(dut):
+    tb = TB(dut)
+    await tb.init(DriverConfig(cpl_timeout=2000))
+    buf = tb.driver.tx.bufs[0]
+    tb.faults.drop_ranges.append((buf.addr, buf.addr + buf.size))
+    d = tb.driver
+    d._write_desc(d.tx, 0, buf.addr, 300)
+    d.tx.prod = 1
+    await tb.write_reg("REG_TXQ_PROD", 1)
+    await Timer(20, "us")
+    tb.faults.drop_ranges.clear()
+    assert tb.faults.dropped >= 1
+    tags = await tb.read_reg("REG_DMA_TAGS")
+    assert (tags >> 8) & 0xFF == tb.faults.dropped, f"timed-out tags stay quarantined: {tags:#x}"
+    await _stop_test(tb, "QSTAT_TIMEOUT_BIT", "REG_STAT_CPL_TIMEOUTS")
+
+
+@cocotb.test()
+async def completion_reorder(dut):
+    """Completions of different requests swapped by the root complex: data still lands right."""
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init()
+    tb.faults.reorder = True
+    frames = [frame(n, n) for n in (4096, 2000, 9000, 700)]
+    await tb.driver.xmit_batch(frames)
+    for f in frames:
+        assert await tb.recv_frame() == f
+    tb.faults.reorder = False
+    assert tb.faults.reordered >= 1, "the injector never reordered anything"
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def trace_matches_stats(dut):
+    """The trace re-read from disk has the TLP counts the device's statistics registers report."""
+    from phantom.trace import read_trace
+
+    path = os.environ.get("NIC_TRACE")
+    tb = TB(dut, trace_path=path)
+    await tb.init()
+    for i in range(10):
+        await tb.driver.xmit(frame(700 + i, i))
+        await tb.recv_frame()
+        await tb.send_frame(frame(900 + i, i))
+        await tb.driver.recv()
+    await tb.driver.wait_tx_done()
+    await tb.settle(2000)
+    st = await tb.driver.stats()  # reading the counters itself makes MMIO traffic: count before it
     tb.close()
+    _, recs = read_trace(path)
+    n_rd = sum(1 for r in recs if r.dir == Direction.UP and r.type.is_mem_read)
+    n_wr = sum(1 for r in recs if r.dir == Direction.UP and r.type.is_mem_write)
+    n_rc = sum(1 for r in recs if r.dir == Direction.DOWN and r.type.is_completion)
+    assert st["tlp_mem_rd"] == n_rd, (st["tlp_mem_rd"], n_rd)
+    assert st["tlp_mem_wr"] == n_wr, (st["tlp_mem_wr"], n_wr)
+    assert st["tlp_cpl_rx"] == n_rc, (st["tlp_cpl_rx"], n_rc)
+    assert st["irqs"] == sum(1 for r in recs if r.cls == SemClass.INTERRUPT)

@@ -114,7 +114,7 @@ class Tracer:
         port.ext_recv = ext_recv
 
     def _record(self, pkt: Tlp, direction: Direction) -> None:
-        rec = tlp_to_record(pkt, direction, self.seq, get_sim_time("ps"), self.payload_keep)
+        rec = tlp_to_record(pkt, direction, self.seq, int(get_sim_time("ps")), self.payload_keep)
         if self.classifier is not None:
             rec.cls = self.classifier(rec.type, direction, rec.address)
         elif rec.type.is_config:

@@ -1,0 +1,172 @@
+"""Trace statistics: the quantities a device designer reads off a trace (and later issues use as task metrics)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phantom.trace import Direction, SemClass, TlpType, TraceColumns, load_any_columns
+
+# TLP overhead on the wire in bytes: framing (2+4 Gen3 STP), sequence (2), header (12/16), LCRC (4)
+_TLP_OVERHEAD_3DW = 24
+_TLP_OVERHEAD_4DW = 28
+# usable bandwidth per lane after 128b/130b (Gen3+) or 8b/10b (Gen1/2), bytes per ns
+_LANE_GBPS = {1: 2.5 * 0.8, 2: 5.0 * 0.8, 3: 8.0 * 128 / 130, 4: 16.0 * 128 / 130, 5: 32.0 * 128 / 130}
+
+
+def _pct(a: np.ndarray, q: float) -> float:
+    return float(np.percentile(a, q)) if len(a) else float("nan")
+
+
+def read_latencies(tc: TraceColumns) -> tuple[np.ndarray, np.ndarray]:
+    """(latency_ns, request class) for every memory read, request to its final completion."""
+    seq_t = tc["t_ps"].tolist()
+    types = tc["type"].tolist()
+    rid = tc["requester_id"].tolist()
+    tag = tc["tag"].tolist()
+    bc = tc["byte_count"].tolist()
+    ln = tc["length"].tolist()
+    la = tc["lower_address"].tolist()
+    cls = tc["cls"].tolist()
+    reads = {TlpType.MRd32.value, TlpType.MRd64.value}
+    cpls = {TlpType.CplD.value, TlpType.Cpl.value}
+    open_: dict[tuple[int, int], tuple[int, int]] = {}
+    lat, kind = [], []
+    for i in range(len(types)):
+        t = types[i]
+        if t in reads:
+            open_[(rid[i], tag[i])] = (seq_t[i], cls[i])
+        elif t in cpls:
+            key = (rid[i], tag[i])
+            if key in open_ and (t == TlpType.Cpl.value or bc[i] <= ln[i] * 4 - (la[i] & 3)):
+                t0, c = open_.pop(key)
+                lat.append((seq_t[i] - t0) / 1000.0)
+                kind.append(c)
+    return np.asarray(lat, dtype=float), np.asarray(kind, dtype=np.int64)
+
+
+def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) -> dict[str, Any]:
+    """A dict of trace statistics (JSON-serialisable)."""
+    tc = path_or_cols if isinstance(path_or_cols, TraceColumns) else load_any_columns(path_or_cols)
+    h = tc.header
+    n = len(tc)
+    t = tc["t_ps"].astype(np.int64)
+    dur_ps = int(t.max() - t.min()) if n else 0
+    types = tc["type"]
+    dirs = tc["dir"]
+    cls = tc["cls"]
+    plen = tc["payload_len"].astype(np.int64)
+    by_type: dict[str, dict[str, int]] = {}
+    for d in Direction:
+        m = dirs == d
+        c = Counter(types[m].tolist())
+        by_type[d.name.lower()] = {TlpType(k).name: int(v) for k, v in sorted(c.items())}
+    by_class = {SemClass(k).name.lower(): int(v) for k, v in sorted(Counter(cls.tolist()).items())}
+    # link utilisation: wire bytes / capacity over the trace's span, per direction
+    is4 = (types & 0x20) != 0
+    wire = plen + np.where(is4, _TLP_OVERHEAD_4DW, _TLP_OVERHEAD_3DW)
+    cap_bytes_per_ns = _LANE_GBPS.get(h.link_speed, 8.0) * h.link_width / 8.0
+    util = {}
+    payload_bytes = {}
+    for d in Direction:
+        m = dirs == d
+        payload_bytes[d.name.lower()] = int(plen[m].sum())
+        util[d.name.lower()] = float(wire[m].sum() / (cap_bytes_per_ns * dur_ps / 1000.0)) if dur_ps else 0.0
+    lat, lk = read_latencies(tc)
+    dev_lat = lat[np.isin(lk, [SemClass.DESC_READ, SemClass.DATA_READ])]
+    # request sizes
+    rd = np.isin(types, [TlpType.MRd32, TlpType.MRd64]) & (dirs == Direction.UP)
+    wr = np.isin(types, [TlpType.MWr32, TlpType.MWr64]) & (dirs == Direction.UP)
+    sizes = {"read_bytes": Counter((tc["length"][rd].astype(np.int64) * 4).tolist()),
+             "write_bytes": Counter((tc["length"][wr].astype(np.int64) * 4).tolist())}
+    up = dirs == Direction.UP
+    ia = np.diff(t[up]) / 1000.0 if up.sum() > 1 else np.zeros(0)
+    # doorbell to the first DMA that follows it
+    db_idx = np.flatnonzero(cls == SemClass.DOORBELL)
+    dma_idx = np.flatnonzero(np.isin(cls, [SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE]))
+    db_lat = []
+    if len(db_idx) and len(dma_idx):
+        nxt = np.searchsorted(dma_idx, db_idx)
+        ok = nxt < len(dma_idx)
+        db_lat = ((t[dma_idx[nxt[ok]]] - t[db_idx[ok]]) / 1000.0).tolist()
+    cpl_writes = int((cls == SemClass.CPL_WRITE).sum())
+    dma_tlps = int(np.isin(cls, [SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE, SemClass.CPL_WRITE,
+                                 SemClass.INTERRUPT]).sum())
+    return {
+        "tlps": n, "duration_us": dur_ps / 1e6, "header": h.to_json(), "by_type": by_type, "by_class": by_class,
+        "payload_bytes": payload_bytes, "link_utilization": util,
+        "read_latency_ns": {"count": int(len(dev_lat)), "p50": _pct(dev_lat, 50), "p99": _pct(dev_lat, 99),
+                            "mean": float(dev_lat.mean()) if len(dev_lat) else float("nan")},
+        "interrupts": int((cls == SemClass.INTERRUPT).sum()),
+        "request_sizes": {k: {str(s): int(c) for s, c in sorted(v.items())} for k, v in sizes.items()},
+        "upstream_interarrival_ns": {"p50": _pct(ia, 50), "p99": _pct(ia, 99),
+                                     "lag1_autocorr": float(np.corrcoef(ia[:-1], ia[1:])[0, 1]) if len(ia) > 2 and ia.std() > 0 else float("nan")},
+        "doorbell_to_dma_ns": {"p50": _pct(np.asarray(db_lat), 50), "p99": _pct(np.asarray(db_lat), 99)},
+        "tlps_per_packet": (dma_tlps / cpl_writes) if cpl_writes else float("nan"),
+    }
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [f"{s['tlps']} TLPs over {s['duration_us']:.1f} us of simulated time"]
+    for d, c in s["by_type"].items():
+        if c:
+            lines.append(f"  {d:>4}: " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    lines.append("  by class: " + ", ".join(f"{k} {v}" for k, v in s["by_class"].items()))
+    u = s["link_utilization"]
+    pb = s["payload_bytes"]
+    lines.append(f"  link bandwidth used: down {u['down'] * 100:.1f}% ({pb['down']} payload B), "
+                 f"up {u['up'] * 100:.1f}% ({pb['up']} payload B)")
+    rl = s["read_latency_ns"]
+    lines.append(f"  DMA read latency: p50 {rl['p50']:.0f} ns, p99 {rl['p99']:.0f} ns over {rl['count']} reads")
+    lines.append(f"  interrupts: {s['interrupts']}; TLPs per packet: {s['tlps_per_packet']:.2f}; "
+                 f"doorbell->first DMA p50 {s['doorbell_to_dma_ns']['p50']:.0f} ns")
+    return "\n".join(lines)
+
+
+def plot(s_cols: TraceColumns, outdir: str | Path) -> list[Path]:
+    """PNG plots: TLPs over time by class, read latency CDF, request size histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    tc = s_cols
+    t_us = (tc["t_ps"] - tc["t_ps"].min()) / 1e6
+    files = []
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for c in SemClass:
+        m = tc["cls"] == c
+        if m.any():
+            ax.hist(t_us[m], bins=100, histtype="step", label=c.name.lower())
+    ax.set_xlabel("time (us)")
+    ax.set_ylabel("TLPs per bin")
+    ax.legend(fontsize=7)
+    ax.set_title("TLPs over time by class")
+    files.append(out / "tlps_over_time.png")
+    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    lat, _ = read_latencies(tc)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if len(lat):
+        ax.plot(np.sort(lat), np.linspace(0, 1, len(lat)))
+    ax.set_xlabel("read latency (ns)")
+    ax.set_ylabel("CDF")
+    ax.set_title("DMA read latency")
+    files.append(out / "read_latency_cdf.png")
+    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    m = tc["payload_len"] > 0
+    ax.hist(tc["payload_len"][m], bins=64)
+    ax.set_xlabel("payload bytes")
+    ax.set_ylabel("TLPs")
+    ax.set_title("payload size histogram")
+    files.append(out / "payload_sizes.png")
+    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return files
