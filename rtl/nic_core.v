@@ -190,6 +190,16 @@ initial begin
         q_desc_err_reg[i] = 1'b0;
     end
     for (i = 0; i < STAT_COUNT; i = i + 1) stat_reg[i] = 32'd0;
+    rd_req_valid = 2'b00;
+    rd_req_addr = 128'd0;
+    rd_req_len = 32'd0;
+    rd_req_ram = {2*RD_RAM_AW{1'b0}};
+    wr_req_valid = 3'b000;
+    wr_req_addr = 192'd0;
+    wr_req_len = 48'd0;
+    wr_req_imm_en = 3'b000;
+    wr_req_imm = 384'd0;
+    wr_req_ram = {3*WR_RAM_AW{1'b0}};
 end
 
 assign cpl_timeout = cpl_timeout_reg;
@@ -699,6 +709,9 @@ always @(posedge clk) begin
         irq_status_reg <= 32'd0;
         irq_pending_reg <= 32'd0;
         msix_pending_reg <= 1'b0;
+        for (i = 0; i < STAT_COUNT; i = i + 1) begin
+            stat_reg[i] <= 32'd0;
+        end
         for (i = 0; i < 2; i = i + 1) begin
             q_enable_reg[i] <= 1'b0;
             q_prod_reg[i] <= 16'd0;

@@ -200,6 +200,18 @@ initial begin
         rd_status_reg[i] = DONE_OK;
         rd_outstanding_reg[i] = 8'd0;
     end
+    // outputs start defined: the counters and engines they feed must never see X (Icarus)
+    rd_done = {RD_CLIENTS{1'b0}};
+    rd_done_status = {RD_CLIENTS*2{1'b0}};
+    wr_done = {WR_CLIENTS{1'b0}};
+    stat_mem_rd = 1'b0;
+    stat_mem_wr = 1'b0;
+    stat_cpl_rx = 1'b0;
+    stat_unexp_cpl = 1'b0;
+    stat_timeout = 1'b0;
+    stat_rd_err = 1'b0;
+    tags_in_flight = 8'd0;
+    tags_quarantined = 8'd0;
 end
 
 /* current read job (being split into TLPs) */

@@ -95,6 +95,11 @@ reg [8:0]   cc_beat_reg = 9'd0;
 integer i;
 initial begin
     for (i = 0; i < MAX_DW; i = i + 1) buf_reg[i] = 32'd0;
+    // statistics pulses start defined: the counters they feed must never see X (Icarus)
+    stat_req_rx = 1'b0;
+    stat_cpl_tx = 1'b0;
+    stat_ur_sent = 1'b0;
+    stat_dropped = 1'b0;
 end
 
 assign s_axis_cq_tready = state_reg == STATE_RECV;
