@@ -1,0 +1,111 @@
+"""Trace schema and I/O: lossless round trips, streaming, and clear errors on bad input."""
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from phantom.trace import (SCHEMA_VERSION, CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceFormatError,
+                           TraceHeader, TraceReader, convert, load_columns, read_trace, write_trace)
+
+
+def sample(n=50):
+    out = []
+    for i in range(n):
+        t = [TlpType.MRd32, TlpType.CplD, TlpType.MWr64, TlpType.CfgRd0][i % 4]
+        out.append(TlpRecord(seq=i, t_ps=1000 * i, dir=Direction(i % 2), type=t, length=1 + i % 7,
+                             address=(1 << 33) + 4 * i if t == TlpType.MWr64 else 4 * i, first_be=0xF,
+                             last_be=0xF if i % 7 else 0, tag=i % 32, requester_id=0x100, completer_id=0x200,
+                             status=CplStatus.UR if i == 5 else CplStatus.SC, byte_count=i % 100,
+                             lower_address=i % 128, tc=i % 3, attr=i % 4, ep=i == 9, payload_len=4 * (1 + i % 7),
+                             cls=SemClass(i % 11), payload=bytes(range(i % 9)) if i % 3 else None))
+    return out
+
+
+HDR = TraceHeader(mps=512, mrrs=4096, rcb=128, scenario="unit", extra={"seed": 3})
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".npz"])
+def test_round_trip(tmp_path, suffix):
+    recs = sample()
+    p = tmp_path / f"t{suffix}"
+    assert write_trace(p, HDR, recs) == len(recs)
+    h, back = read_trace(p)
+    assert h == HDR and back == recs
+
+
+def test_convert_lossless_both_ways(tmp_path):
+    recs = sample(200)
+    write_trace(tmp_path / "a.jsonl.gz", HDR, recs)
+    convert(tmp_path / "a.jsonl.gz", tmp_path / "b.npz")
+    convert(tmp_path / "b.npz", tmp_path / "c.jsonl")
+    assert read_trace(tmp_path / "c.jsonl") == (HDR, recs)
+    cols = load_columns(tmp_path / "b.npz")
+    assert len(cols) == 200 and cols["type"].dtype == np.uint8
+
+
+def test_streaming_reads_lazily(tmp_path):
+    p = tmp_path / "big.jsonl.gz"
+    write_trace(p, HDR, sample(1000))
+    with TraceReader(p) as r:
+        it = iter(r)
+        first = next(it)
+        assert first.seq == 0
+        assert r._f.tell() < p.stat().st_size * 20  # not everything decoded at once
+
+
+def _lines(p, lines):
+    p.write_text("".join(lines))
+    return p
+
+
+def test_errors_name_file_line_field(tmp_path):
+    good = json.dumps(HDR.to_json(), separators=(",", ":")) + "\n"
+    rec = json.dumps(sample(1)[0].to_json(), separators=(",", ":")) + "\n"
+    cases = {
+        "malformed": (good + rec + "{not json\n", ":3", "malformed JSON"),
+        "unknown_type": (good + rec.replace('"MRd32"', '"MRd99"'), ":2: field 'type'", "unknown value"),
+        "negative": (good + rec.replace('"length":1', '"length":-1'), ":2: field 'length'", "non-negative"),
+        "range": (good + rec.replace('"tag":0', '"tag":5000'), ":2: field 'tag'", "out of range"),
+        "missing": (good + rec.replace('"seq":0,', ''), ":2: field 'seq'", "missing"),
+        "newer": (good.replace(f'"version":{SCHEMA_VERSION}', '"version":99') + rec, ":1: field 'version'", "newer"),
+        "truncated_line": (good + rec[:-20], ":2", "truncated"),
+        "empty": ("", ":1", "empty"),
+    }
+    for name, (text, where, what) in cases.items():
+        p = _lines(tmp_path / f"{name}.jsonl", [text])
+        with pytest.raises(TraceFormatError) as e:
+            read_trace(p)
+        assert str(p) in str(e.value) and where in str(e.value) and what in str(e.value), (name, str(e.value))
+
+
+def test_truncated_gzip(tmp_path):
+    p = tmp_path / "t.jsonl.gz"
+    write_trace(p, HDR, sample(2000))
+    data = p.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TraceFormatError) as e:
+        read_trace(p)
+    assert str(p) in str(e.value)
+
+
+def test_bad_npz(tmp_path):
+    p = tmp_path / "t.npz"
+    write_trace(p, HDR, sample(10))
+    z = dict(np.load(p))
+    z["col_type"] = z["col_type"].copy()
+    z["col_type"][3] = 0x7F
+    np.savez(p, **z)
+    with pytest.raises(TraceFormatError, match="record 3"):
+        read_trace(p)
+    p.write_bytes(b"garbage")
+    with pytest.raises(TraceFormatError, match="not a readable"):
+        read_trace(p)
+
+
+def test_header_validates():
+    with pytest.raises(ValueError, match="mps"):
+        TraceHeader(mps=100)
+    with pytest.raises(ValueError, match="rcb"):
+        TraceHeader(rcb=32)
