@@ -137,36 +137,32 @@ def plot(s_cols: TraceColumns, outdir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     tc = s_cols
     t_us = (tc["t_ps"] - tc["t_ps"].min()) / 1e6
-    files = []
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for c in SemClass:
-        m = tc["cls"] == c
-        if m.any():
-            ax.hist(t_us[m], bins=100, histtype="step", label=c.name.lower())
-    ax.set_xlabel("time (us)")
-    ax.set_ylabel("TLPs per bin")
-    ax.legend(fontsize=7)
-    ax.set_title("TLPs over time by class")
-    files.append(out / "tlps_over_time.png")
-    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+
+    def figure(name: str, title: str, xlabel: str, ylabel: str, draw, size=(6, 4)) -> Path:
+        fig, ax = plt.subplots(figsize=size)
+        draw(ax)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        f = out / name
+        fig.savefig(f, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return f
+
+    def by_class(ax):
+        for c in SemClass:
+            m = tc["cls"] == c
+            if m.any():
+                ax.hist(t_us[m], bins=100, histtype="step", label=c.name.lower())
+        ax.legend(fontsize=7)
+
     lat, _ = read_latencies(tc)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    if len(lat):
-        ax.plot(np.sort(lat), np.linspace(0, 1, len(lat)))
-    ax.set_xlabel("read latency (ns)")
-    ax.set_ylabel("CDF")
-    ax.set_title("DMA read latency")
-    files.append(out / "read_latency_cdf.png")
-    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
     m = tc["payload_len"] > 0
-    ax.hist(tc["payload_len"][m], bins=64)
-    ax.set_xlabel("payload bytes")
-    ax.set_ylabel("TLPs")
-    ax.set_title("payload size histogram")
-    files.append(out / "payload_sizes.png")
-    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    files = [
+        figure("tlps_over_time.png", "TLPs over time by class", "time (us)", "TLPs per bin", by_class, (8, 4)),
+        figure("read_latency_cdf.png", "DMA read latency", "read latency (ns)", "CDF",
+               lambda ax: ax.plot(np.sort(lat), np.linspace(0, 1, len(lat))) if len(lat) else None),
+        figure("payload_sizes.png", "payload size histogram", "payload bytes", "TLPs",
+               lambda ax: ax.hist(tc["payload_len"][m], bins=64)),
+    ]
     return files
