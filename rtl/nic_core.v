@@ -2,6 +2,11 @@
 `timescale 1ns / 1ps
 `default_nettype none
 
+// Registers carry declaration initial values so every simulator (Icarus starts at X) begins in a defined
+// state before the first reset; the synchronous reset still clears every control register. Verilator's
+// PROCASSINIT flags exactly this pattern, so it is waived for this file.
+/* verilator lint_off PROCASSINIT */
+
 /* NIC core: registers, TX/RX descriptor rings, packet buffers, MSI-X interrupts, statistics */
 module nic_core #
 (
@@ -98,14 +103,21 @@ module nic_core #
 
 `include "nic_regs.vh"
 
-localparam [1:0] DONE_OK      = 2'd0;
-localparam [1:0] DONE_ERR     = 2'd1;
+localparam [1:0] DONE_OK      = 2'd0;  // read job status from nic_dma (1: error completion)
 localparam [1:0] DONE_TIMEOUT = 2'd2;
 
 // layout of the read destination RAM (DWORD addresses)
-localparam [RD_RAM_AW-1:0] RAM_TX_PKT  = 0;
-localparam [RD_RAM_AW-1:0] RAM_TX_DESC = MAX_FRAME_BYTES/4;
-localparam [RD_RAM_AW-1:0] RAM_RX_DESC = MAX_FRAME_BYTES/4 + 4;
+localparam integer RAM_TX_DESC_DW = MAX_FRAME_BYTES/4;
+localparam [RD_RAM_AW-1:0] RAM_TX_PKT  = {RD_RAM_AW{1'b0}};
+localparam [RD_RAM_AW-1:0] RAM_TX_DESC = RAM_TX_DESC_DW[RD_RAM_AW-1:0];
+localparam [RD_RAM_AW-1:0] RAM_RX_DESC = RAM_TX_DESC + {{(RD_RAM_AW-3){1'b0}}, 3'd4};
+
+// statistics counter index of each REG_STAT_* register
+localparam [4:0] ST_TX_PKTS = 5'd0, ST_TX_BYTES = 5'd1, ST_RX_PKTS = 5'd2, ST_RX_BYTES = 5'd3,
+                 ST_TLP_MEM_RD = 5'd4, ST_TLP_MEM_WR = 5'd5, ST_TLP_CPL_TX = 5'd6, ST_TLP_REQ_RX = 5'd7,
+                 ST_TLP_CPL_RX = 5'd8, ST_DMA_ERRORS = 5'd9, ST_CPL_TIMEOUTS = 5'd10, ST_UNEXP_CPL = 5'd11,
+                 ST_UR_SENT = 5'd12, ST_MMIO_UNMAPPED = 5'd13, ST_IRQS = 5'd14, ST_RX_TRUNC = 5'd15,
+                 ST_MMIO_DROPPED = 5'd16;
 localparam RX_STORE_DW = 1 << WR_RAM_AW;
 
 localparam [3:0] TX_IDLE = 4'd0, TX_DESC_REQ = 4'd1, TX_DESC_WAIT = 4'd2, TX_DATA_REQ = 4'd3,
@@ -115,6 +127,30 @@ localparam [3:0] RX_RECV = 4'd0, RX_WAIT_RING = 4'd1, RX_DESC_REQ = 4'd2, RX_DES
 localparam [1:0] IRQ_IDLE = 2'd0, IRQ_REQ = 2'd1, IRQ_WAIT = 2'd2;
 
 initial begin
+    if (STAT_COUNT != 17
+            || (REG_STAT_TX_BYTES - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_TX_BYTES}
+            || (REG_STAT_RX_PKTS - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_RX_PKTS}
+            || (REG_STAT_RX_BYTES - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_RX_BYTES}
+            || (REG_STAT_TLP_MEM_RD - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_TLP_MEM_RD}
+            || (REG_STAT_TLP_MEM_WR - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_TLP_MEM_WR}
+            || (REG_STAT_TLP_CPL_TX - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_TLP_CPL_TX}
+            || (REG_STAT_TLP_REQ_RX - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_TLP_REQ_RX}
+            || (REG_STAT_TLP_CPL_RX - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_TLP_CPL_RX}
+            || (REG_STAT_DMA_ERRORS - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_DMA_ERRORS}
+            || (REG_STAT_CPL_TIMEOUTS - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_CPL_TIMEOUTS}
+            || (REG_STAT_UNEXP_CPL - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_UNEXP_CPL}
+            || (REG_STAT_UR_SENT - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_UR_SENT}
+            || (REG_STAT_MMIO_UNMAPPED - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_MMIO_UNMAPPED}
+            || (REG_STAT_IRQS - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_IRQS}
+            || (REG_STAT_RX_TRUNC - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_RX_TRUNC}
+            || (REG_STAT_MMIO_DROPPED - REG_STAT_TX_PKTS) / 4 != {11'd0, ST_MMIO_DROPPED}) begin
+        $error("Error: statistics indices disagree with nic_regs.vh (instance %m)");
+        $finish;
+    end
+    if (MSIX_VECTORS != 1) begin
+        $error("Error: the core implements one MSI-X vector (instance %m)");
+        $finish;
+    end
     if ((1 << RD_RAM_AW) < MAX_FRAME_BYTES/4 + 8) begin
         $error("Error: RD_RAM_AW too small for MAX_FRAME_BYTES plus descriptors (instance %m)");
         $finish;
@@ -211,6 +247,19 @@ function size_ok;
     end
 endfunction
 
+function [15:0] index_write;  // producer index write: byte enables, then wrap to the ring size
+    input [15:0] old;
+    input [15:0] data;
+    input [1:0] strb;
+    input [15:0] mask;
+    begin
+        index_write = old;
+        if (strb[0]) index_write[7:0] = data[7:0];
+        if (strb[1]) index_write[15:8] = data[15:8];
+        index_write = index_write & mask;
+    end
+endfunction
+
 function [31:0] apply_strb;
     input [31:0] old;
     input [31:0] data;
@@ -249,12 +298,18 @@ function [31:0] q_status;
     end
 endfunction
 
-wire [31:0] status_word = {28'd0, q_dma_err_reg[1] | q_timeout_reg[1] | q_desc_err_reg[1],
-                           q_dma_err_reg[0] | q_timeout_reg[0] | q_desc_err_reg[0],
-                           cfg_msix_enable, cfg_bus_master};
+reg [31:0] status_word;
+always @* begin
+    status_word = 32'd0;
+    status_word[STATUS_BUS_MASTER_BIT] = cfg_bus_master;
+    status_word[STATUS_MSIX_EN_BIT] = cfg_msix_enable;
+    status_word[STATUS_TXQ_ERR_BIT] = q_dma_err_reg[0] | q_timeout_reg[0] | q_desc_err_reg[0];
+    status_word[STATUS_RXQ_ERR_BIT] = q_dma_err_reg[1] | q_timeout_reg[1] | q_desc_err_reg[1];
+end
 wire [2:0]  dw_code = DATA_WIDTH == 64 ? 3'd0 : DATA_WIDTH == 128 ? 3'd1 : 3'd3;
 
 /* register read mux */
+wire [15:0] stat_off = (reg_rd_addr & 16'hfffc) - REG_STAT_TX_PKTS;
 reg rd_mapped;
 always @* begin
     reg_rd_data = 32'd0;
@@ -297,7 +352,7 @@ always @* begin
         REG_MSIX_PBA:        reg_rd_data = {31'd0, msix_pending_reg};
         default: begin
             if ((reg_rd_addr & 16'hfffc) >= REG_STAT_TX_PKTS && (reg_rd_addr & 16'hfffc) < REG_STAT_TX_PKTS + STAT_COUNT*4) begin
-                reg_rd_data = stat_reg[(reg_rd_addr - REG_STAT_TX_PKTS) >> 2];
+                reg_rd_data = stat_reg[stat_off[6:2]];
             end else begin
                 rd_mapped = 1'b0;  // unmapped: reads as zero
             end
@@ -373,14 +428,17 @@ reg [15:0] q_next_cons;
 reg        stat_inc [0:STAT_COUNT-1];
 reg [31:0] stat_add [0:STAT_COUNT-1];
 
+// The clocked process below assigns per-cycle temporaries (ev, stat_inc, stat_add, q_next_cons) with
+// blocking assignments: they are built up and consumed within the same edge. Registers use <=.
+/* verilator lint_off BLKSEQ */
 task stop_queue;
-    input integer q;
+    input q;
     input [1:0] status;
     begin
         if (status == DONE_TIMEOUT) q_timeout_reg[q] <= 1'b1;
         else q_dma_err_reg[q] <= 1'b1;
         ev[IRQ_ERR_BIT] = 1'b1;
-        stat_inc[(REG_STAT_DMA_ERRORS - REG_STAT_TX_PKTS) >> 2] = 1'b1;
+        stat_inc[ST_DMA_ERRORS] = 1'b1;
     end
 endtask
 
@@ -406,13 +464,13 @@ always @(posedge clk) begin
             REG_TXQ_BASE_LO:     q_base_reg[0][31:0] <= apply_strb(q_base_reg[0][31:0], reg_wr_data, reg_wr_strb);
             REG_TXQ_BASE_HI:     q_base_reg[0][63:32] <= apply_strb(q_base_reg[0][63:32], reg_wr_data, reg_wr_strb);
             REG_TXQ_SIZE:        q_size_reg[0] <= apply_strb(q_size_reg[0], reg_wr_data, reg_wr_strb);
-            REG_TXQ_PROD:        q_prod_reg[0] <= apply_strb({16'd0, q_prod_reg[0]}, reg_wr_data, reg_wr_strb) & {16'd0, q_mask[0]};
+            REG_TXQ_PROD:        q_prod_reg[0] <= index_write(q_prod_reg[0], reg_wr_data[15:0], reg_wr_strb[1:0], q_mask[0]);
             REG_TXQ_CPL_BASE_LO: q_cpl_base_reg[0][31:0] <= apply_strb(q_cpl_base_reg[0][31:0], reg_wr_data, reg_wr_strb);
             REG_TXQ_CPL_BASE_HI: q_cpl_base_reg[0][63:32] <= apply_strb(q_cpl_base_reg[0][63:32], reg_wr_data, reg_wr_strb);
             REG_RXQ_BASE_LO:     q_base_reg[1][31:0] <= apply_strb(q_base_reg[1][31:0], reg_wr_data, reg_wr_strb);
             REG_RXQ_BASE_HI:     q_base_reg[1][63:32] <= apply_strb(q_base_reg[1][63:32], reg_wr_data, reg_wr_strb);
             REG_RXQ_SIZE:        q_size_reg[1] <= apply_strb(q_size_reg[1], reg_wr_data, reg_wr_strb);
-            REG_RXQ_PROD:        q_prod_reg[1] <= apply_strb({16'd0, q_prod_reg[1]}, reg_wr_data, reg_wr_strb) & {16'd0, q_mask[1]};
+            REG_RXQ_PROD:        q_prod_reg[1] <= index_write(q_prod_reg[1], reg_wr_data[15:0], reg_wr_strb[1:0], q_mask[1]);
             REG_RXQ_CPL_BASE_LO: q_cpl_base_reg[1][31:0] <= apply_strb(q_cpl_base_reg[1][31:0], reg_wr_data, reg_wr_strb);
             REG_RXQ_CPL_BASE_HI: q_cpl_base_reg[1][63:32] <= apply_strb(q_cpl_base_reg[1][63:32], reg_wr_data, reg_wr_strb);
             REG_TXQ_CTRL, REG_RXQ_CTRL: begin
@@ -441,13 +499,13 @@ always @(posedge clk) begin
             end
             default: begin
                 if (!((reg_wr_addr & 16'hfffc) >= REG_STAT_TX_PKTS && (reg_wr_addr & 16'hfffc) < REG_STAT_TX_PKTS + STAT_COUNT*4)) begin
-                    stat_inc[(REG_STAT_MMIO_UNMAPPED - REG_STAT_TX_PKTS) >> 2] = 1'b1;
+                    stat_inc[ST_MMIO_UNMAPPED] = 1'b1;
                 end
             end
         endcase
     end
     if (reg_rd_en && !rd_mapped) begin
-        stat_inc[(REG_STAT_MMIO_UNMAPPED - REG_STAT_TX_PKTS) >> 2] = 1'b1;
+        stat_inc[ST_MMIO_UNMAPPED] = 1'b1;
     end
 
     /* TX engine */
@@ -470,12 +528,12 @@ always @(posedge clk) begin
         TX_DESC_WAIT: begin
             if (rd_done[0]) begin
                 if (rd_done_status[1:0] != DONE_OK) begin
-                    stop_queue(0, rd_done_status[1:0]);
+                    stop_queue(1'b0, rd_done_status[1:0]);
                     tx_state_reg <= TX_IDLE;
                 end else if (tx_desc_len == 32'd0 || tx_desc_len > frame_max || tx_desc_addr[1:0] != 2'b00) begin
                     q_desc_err_reg[0] <= 1'b1;
                     ev[IRQ_ERR_BIT] = 1'b1;
-                    stat_inc[(REG_STAT_DMA_ERRORS - REG_STAT_TX_PKTS) >> 2] = 1'b1;
+                    stat_inc[ST_DMA_ERRORS] = 1'b1;
                     tx_state_reg <= TX_IDLE;
                 end else begin
                     tx_buf_addr_reg <= tx_desc_addr;
@@ -491,7 +549,7 @@ always @(posedge clk) begin
         TX_DATA_WAIT: begin
             if (rd_done[0]) begin
                 if (rd_done_status[1:0] != DONE_OK) begin
-                    stop_queue(0, rd_done_status[1:0]);
+                    stop_queue(1'b0, rd_done_status[1:0]);
                     tx_state_reg <= TX_IDLE;
                 end else begin
                     tx_ptr_reg <= 16'd0;
@@ -526,8 +584,8 @@ always @(posedge clk) begin
                     q_cons_reg[0] <= q_next_cons;
                     if (q_next_cons == 16'd0) q_phase_reg[0] <= !q_phase_reg[0];
                 end
-                stat_inc[(REG_STAT_TX_PKTS - REG_STAT_TX_PKTS) >> 2] = 1'b1;
-                stat_add[(REG_STAT_TX_BYTES - REG_STAT_TX_PKTS) >> 2] = {16'd0, tx_len_reg};
+                stat_inc[ST_TX_PKTS] = 1'b1;
+                stat_add[ST_TX_BYTES] = {16'd0, tx_len_reg};
                 ev[IRQ_TX_BIT] = 1'b1;
                 tx_state_reg <= TX_IDLE;
             end
@@ -569,12 +627,12 @@ always @(posedge clk) begin
         RX_DESC_WAIT: begin
             if (rd_done[1]) begin
                 if (rd_done_status[3:2] != DONE_OK) begin
-                    stop_queue(1, rd_done_status[3:2]);
+                    stop_queue(1'b1, rd_done_status[3:2]);
                     rx_state_reg <= RX_WAIT_RING;  // the frame waits for the queue to be reset
                 end else if (rx_desc_len == 32'd0 || rx_desc_addr[1:0] != 2'b00) begin
                     q_desc_err_reg[1] <= 1'b1;
                     ev[IRQ_ERR_BIT] = 1'b1;
-                    stat_inc[(REG_STAT_DMA_ERRORS - REG_STAT_TX_PKTS) >> 2] = 1'b1;
+                    stat_inc[ST_DMA_ERRORS] = 1'b1;
                     rx_state_reg <= RX_WAIT_RING;
                 end else begin
                     rx_buf_addr_reg <= rx_desc_addr;
@@ -624,9 +682,9 @@ always @(posedge clk) begin
                     q_cons_reg[1] <= q_next_cons;
                     if (q_next_cons == 16'd0) q_phase_reg[1] <= !q_phase_reg[1];
                 end
-                stat_inc[(REG_STAT_RX_PKTS - REG_STAT_TX_PKTS) >> 2] = 1'b1;
-                stat_add[(REG_STAT_RX_BYTES - REG_STAT_TX_PKTS) >> 2] = {16'd0, rx_dma_len_reg};
-                stat_inc[(REG_STAT_RX_TRUNC - REG_STAT_TX_PKTS) >> 2] = rx_trunc_reg;
+                stat_inc[ST_RX_PKTS] = 1'b1;
+                stat_add[ST_RX_BYTES] = {16'd0, rx_dma_len_reg};
+                stat_inc[ST_RX_TRUNC] = rx_trunc_reg;
                 ev[IRQ_RX_BIT] = 1'b1;
                 rx_len_reg <= 16'd0;
                 rx_trunc_reg <= 1'b0;
@@ -668,7 +726,7 @@ always @(posedge clk) begin
         end
         IRQ_WAIT: begin
             if (wr_done[2]) begin
-                stat_inc[(REG_STAT_IRQS - REG_STAT_TX_PKTS) >> 2] = 1'b1;
+                stat_inc[ST_IRQS] = 1'b1;
                 irq_state_reg <= IRQ_IDLE;
             end
         end
@@ -683,15 +741,15 @@ always @(posedge clk) begin
     end
 
     /* statistics */
-    stat_inc[(REG_STAT_TLP_MEM_RD - REG_STAT_TX_PKTS) >> 2] = stat_mem_rd;
-    stat_inc[(REG_STAT_TLP_MEM_WR - REG_STAT_TX_PKTS) >> 2] = stat_mem_wr;
-    stat_inc[(REG_STAT_TLP_CPL_TX - REG_STAT_TX_PKTS) >> 2] = stat_cpl_tx;
-    stat_inc[(REG_STAT_TLP_REQ_RX - REG_STAT_TX_PKTS) >> 2] = stat_req_rx;
-    stat_inc[(REG_STAT_TLP_CPL_RX - REG_STAT_TX_PKTS) >> 2] = stat_cpl_rx;
-    stat_inc[(REG_STAT_CPL_TIMEOUTS - REG_STAT_TX_PKTS) >> 2] = stat_timeout;
-    stat_inc[(REG_STAT_UNEXP_CPL - REG_STAT_TX_PKTS) >> 2] = stat_unexp_cpl;
-    stat_inc[(REG_STAT_UR_SENT - REG_STAT_TX_PKTS) >> 2] = stat_ur_sent;
-    stat_inc[(REG_STAT_MMIO_DROPPED - REG_STAT_TX_PKTS) >> 2] = stat_mmio_dropped;
+    stat_inc[ST_TLP_MEM_RD] = stat_mem_rd;
+    stat_inc[ST_TLP_MEM_WR] = stat_mem_wr;
+    stat_inc[ST_TLP_CPL_TX] = stat_cpl_tx;
+    stat_inc[ST_TLP_REQ_RX] = stat_req_rx;
+    stat_inc[ST_TLP_CPL_RX] = stat_cpl_rx;
+    stat_inc[ST_CPL_TIMEOUTS] = stat_timeout;
+    stat_inc[ST_UNEXP_CPL] = stat_unexp_cpl;
+    stat_inc[ST_UR_SENT] = stat_ur_sent;
+    stat_inc[ST_MMIO_DROPPED] = stat_mmio_dropped;
     for (i = 0; i < STAT_COUNT; i = i + 1) begin
         stat_reg[i] <= stat_reg[i] + {31'd0, stat_inc[i]} + stat_add[i];
     end
@@ -723,8 +781,9 @@ always @(posedge clk) begin
         end
     end
 end
+/* verilator lint_on BLKSEQ */
 
-wire unused_ok = &{1'b0, tx_buf_addr_reg, ram_wr_addr, src_rd_addr};
+wire unused_ok = &{1'b0, tx_buf_addr_reg, stat_off[15:7], stat_off[1:0]};
 
 endmodule
 

@@ -54,7 +54,7 @@ def build(sim: str = "verilator", data_width: int = 256, waves: bool = False):
     runner = get_runner(sim)
     build_args = []
     if sim == "verilator":
-        build_args = ["-Wno-fatal", "-Wno-WIDTH", "-Wno-SELRANGE", "-O2", "--x-assign", "fast", "--x-initial", "fast"]
+        build_args = ["-O2", "--x-assign", "fast", "--x-initial", "fast"]
         if waves:
             build_args += ["--trace-fst", "--trace-structs"]
     with open(bdir / ".lock", "w") as lock:
