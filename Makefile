@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SIM ?= verilator
+export SIM
 WIDTH ?= 256
 SCENARIO ?= mixed
 JOBS ?= 2

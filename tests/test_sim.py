@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import os
 
 import pytest
 
@@ -14,10 +15,14 @@ NIC_TESTS = ["smoke", "enumeration_and_bar", "mmio_byte_enables", "tx_sizes", "r
              "bad_descriptor_length", "poisoned_completion", "completion_timeout", "completion_reorder"]
 
 
+# `SIM=icarus make test` runs the whole NIC set under Icarus instead of Verilator
+SIM = os.environ.get("SIM", "verilator")
+
+
 @pytest.mark.parametrize("width", [256, 64])
 @pytest.mark.parametrize("test", NIC_TESTS)
-def test_nic_verilator(test, width, tmp_path):
-    run(test, sim="verilator", data_width=width, test_dir=tmp_path)
+def test_nic(test, width, tmp_path):
+    run(test, sim=SIM, data_width=width, test_dir=tmp_path)
 
 
 @pytest.mark.parametrize("test", ["smoke", "mmio_byte_enables", "tx_sizes", "rx_sizes", "bad_mmio", "interrupts",
@@ -34,12 +39,12 @@ def test_nic_icarus(test, tmp_path):
 ])
 def test_link_sweep(mps, mrrs, rcb, split, tmp_path):
     env = {"NIC_MPS": str(mps), "NIC_MRRS": str(mrrs), "NIC_RCB": str(rcb), "NIC_SPLIT_RCB": "1" if split else "0"}
-    run("link_sweep", sim="verilator", data_width=256, env=env, test_dir=tmp_path)
+    run("link_sweep", sim=SIM, data_width=256, env=env, test_dir=tmp_path)
 
 
 @pytest.mark.parametrize("width", [256, 64])
 def test_trace_matches_stats(width, tmp_path):
-    run("trace_matches_stats", sim="verilator", data_width=width, env={"NIC_TRACE": str(tmp_path / "t.jsonl.gz")},
+    run("trace_matches_stats", sim=SIM, data_width=width, env={"NIC_TRACE": str(tmp_path / "t.jsonl.gz")},
         test_dir=tmp_path)
 
 
@@ -70,7 +75,7 @@ def test_scenarios_clean(scenario, tmp_path):
     from phantom.rules import check_file
 
     trace = tmp_path / "t.jsonl.gz"
-    run("run_scenario", sim="verilator", data_width=256, module="test_scenario", test_dir=tmp_path,
+    run("run_scenario", sim=SIM, data_width=256, module="test_scenario", test_dir=tmp_path,
         env={"NIC_SCENARIO": scenario, "NIC_FRAMES": "120", "NIC_TRACE": str(trace), "NIC_PROGRESS": "0"})
     rep = check_file(trace)
     assert rep.total > 500 and rep.ok, rep.format()
