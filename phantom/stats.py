@@ -21,31 +21,63 @@ def _pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q)) if len(a) else float("nan")
 
 
-def read_latencies(tc: TraceColumns) -> tuple[np.ndarray, np.ndarray]:
-    """(latency_ns, request class) for every memory read, request to its final completion."""
-    seq_t = tc["t_ps"].tolist()
+def match_reads(tc: TraceColumns) -> tuple[np.ndarray, np.ndarray]:
+    """(request index, final-completion index) of every memory read that completed successfully or not."""
     types = tc["type"].tolist()
     rid = tc["requester_id"].tolist()
     tag = tc["tag"].tolist()
     bc = tc["byte_count"].tolist()
     ln = tc["length"].tolist()
     la = tc["lower_address"].tolist()
-    cls = tc["cls"].tolist()
+    st = tc["status"].tolist()
     reads = {TlpType.MRd32.value, TlpType.MRd64.value}
-    cpls = {TlpType.CplD.value, TlpType.Cpl.value}
-    open_: dict[tuple[int, int], tuple[int, int]] = {}
-    lat, kind = [], []
-    for i in range(len(types)):
-        t = types[i]
+    cpld, cpl = TlpType.CplD.value, TlpType.Cpl.value
+    open_: dict[tuple[int, int], int] = {}
+    req, done = [], []
+    for i, t in enumerate(types):
         if t in reads:
-            open_[(rid[i], tag[i])] = (seq_t[i], cls[i])
-        elif t in cpls:
+            open_[(rid[i], tag[i])] = i
+        elif t == cpld or t == cpl:
             key = (rid[i], tag[i])
-            if key in open_ and (t == TlpType.Cpl.value or bc[i] <= ln[i] * 4 - (la[i] & 3)):
-                t0, c = open_.pop(key)
-                lat.append((seq_t[i] - t0) / 1000.0)
-                kind.append(c)
-    return np.asarray(lat, dtype=float), np.asarray(kind, dtype=np.int64)
+            if key in open_ and (t == cpl or st[i] != 0 or bc[i] <= ln[i] * 4 - (la[i] & 3)):
+                req.append(open_.pop(key))
+                done.append(i)
+    return np.asarray(req, dtype=np.int64), np.asarray(done, dtype=np.int64)
+
+
+def read_latencies(tc: TraceColumns) -> tuple[np.ndarray, np.ndarray]:
+    """(latency_ns, request class) for every memory read, request to its final completion."""
+    req, done = match_reads(tc)
+    t = tc["t_ps"].astype(np.int64)
+    return (t[done] - t[req]) / 1000.0, tc["cls"][req].astype(np.int64)
+
+
+def outstanding_depth(tc: TraceColumns) -> tuple[np.ndarray, np.ndarray]:
+    """Device read requests in flight over time: (t_ps, depth) after each request or final completion."""
+    req, done = match_reads(tc)
+    up_reads = np.flatnonzero(np.isin(tc["type"], [TlpType.MRd32, TlpType.MRd64]) & (tc["dir"] == Direction.UP))
+    dev = np.isin(req, up_reads)
+    idx = np.concatenate([up_reads, done[dev]])
+    step = np.concatenate([np.ones(len(up_reads), np.int64), -np.ones(int(dev.sum()), np.int64)])
+    order = np.argsort(idx, kind="stable")
+    return tc["t_ps"][idx[order]].astype(np.int64), np.cumsum(step[order])
+
+
+def alignment_histogram(addresses: np.ndarray, cap: int = 4096) -> dict[int, int]:
+    """Largest power of two (up to cap) dividing each address -> count."""
+    a = addresses.astype(np.int64)
+    al = np.full(len(a), cap, dtype=np.int64)
+    nz = (a % cap) != 0
+    al[nz] = (a[nz] & -a[nz])
+    return {int(k): int(v) for k, v in sorted(Counter(al.tolist()).items())}
+
+
+def autocorr(x: np.ndarray, lags: int = 5) -> list[float]:
+    if len(x) <= lags + 1 or x.std() == 0:
+        return [float("nan")] * lags
+    x = x - x.mean()
+    d = float((x * x).sum())
+    return [float((x[:-k] * x[k:]).sum() / d) for k in range(1, lags + 1)]
 
 
 def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) -> dict[str, Any]:
@@ -92,6 +124,29 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
         nxt = np.searchsorted(dma_idx, db_idx)
         ok = nxt < len(dma_idx)
         db_lat = ((t[dma_idx[nxt[ok]]] - t[db_idx[ok]]) / 1000.0).tolist()
+    # address alignment and stride of device requests, per class
+    align, stride = {}, {}
+    for c in (SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE, SemClass.CPL_WRITE):
+        m = (cls == c) & (dirs == Direction.UP)
+        if m.any():
+            addrs = tc["address"][m].astype(np.int64)
+            align[c.name.lower()] = alignment_histogram(addrs)
+            strides = Counter(np.diff(addrs).tolist()).most_common(10)
+            stride[c.name.lower()] = {str(k): int(v) for k, v in strides}
+    dt_ps, depth = outstanding_depth(tc)
+    if len(depth) > 1:
+        w = np.diff(dt_ps)
+        depth_mean = float((depth[:-1] * w).sum() / w.sum()) if w.sum() else float(depth.mean())
+    else:
+        depth_mean = float(depth.mean()) if len(depth) else 0.0
+    # TLPs and payload bytes by direction over time
+    edges = np.arange(0, dur_ps + bins_us * 1e6 + 1, bins_us * 1e6) if n else np.zeros(1)
+    rel = t - (t.min() if n else 0)
+    timeline = {"bin_us": bins_us}
+    for d in Direction:
+        m = dirs == d
+        timeline[f"{d.name.lower()}_tlps"] = np.histogram(rel[m], edges)[0].tolist()
+        timeline[f"{d.name.lower()}_bytes"] = np.histogram(rel[m], edges, weights=plen[m])[0].astype(np.int64).tolist()
     cpl_writes = int((cls == SemClass.CPL_WRITE).sum())
     dma_tlps = int(np.isin(cls, [SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE, SemClass.CPL_WRITE,
                                  SemClass.INTERRUPT]).sum())
@@ -102,8 +157,10 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
                             "mean": float(dev_lat.mean()) if len(dev_lat) else float("nan")},
         "interrupts": int((cls == SemClass.INTERRUPT).sum()),
         "request_sizes": {k: {str(s): int(c) for s, c in sorted(v.items())} for k, v in sizes.items()},
-        "upstream_interarrival_ns": {"p50": _pct(ia, 50), "p99": _pct(ia, 99),
-                                     "lag1_autocorr": float(np.corrcoef(ia[:-1], ia[1:])[0, 1]) if len(ia) > 2 and ia.std() > 0 else float("nan")},
+        "upstream_interarrival_ns": {"p10": _pct(ia, 10), "p50": _pct(ia, 50), "p90": _pct(ia, 90),
+                                     "p99": _pct(ia, 99), "autocorr_lag1_5": autocorr(ia)},
+        "outstanding_reads": {"max": int(depth.max()) if len(depth) else 0, "time_mean": depth_mean},
+        "address_alignment": align, "address_stride_top": stride, "timeline": timeline,
         "doorbell_to_dma_ns": {"p50": _pct(np.asarray(db_lat), 50), "p99": _pct(np.asarray(db_lat), 99)},
         "tlps_per_packet": (dma_tlps / cpl_writes) if cpl_writes else float("nan"),
     }
@@ -123,6 +180,12 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"  DMA read latency: p50 {rl['p50']:.0f} ns, p99 {rl['p99']:.0f} ns over {rl['count']} reads")
     lines.append(f"  interrupts: {s['interrupts']}; TLPs per packet: {s['tlps_per_packet']:.2f}; "
                  f"doorbell->first DMA p50 {s['doorbell_to_dma_ns']['p50']:.0f} ns")
+    o = s["outstanding_reads"]
+    ia = s["upstream_interarrival_ns"]
+    lines.append(f"  device reads in flight: max {o['max']}, time-weighted mean {o['time_mean']:.2f}; "
+                 f"upstream inter-arrival p50 {ia['p50']:.0f} ns, p99 {ia['p99']:.0f} ns")
+    for c, h in s["address_alignment"].items():
+        lines.append(f"  {c} address alignment: " + ", ".join(f"{k} B: {v}" for k, v in h.items()))
     return "\n".join(lines)
 
 
@@ -157,6 +220,7 @@ def plot(s_cols: TraceColumns, outdir: str | Path) -> list[Path]:
         ax.legend(fontsize=7)
 
     lat, _ = read_latencies(tc)
+    dt, depth = outstanding_depth(tc)
     m = tc["payload_len"] > 0
     files = [
         figure("tlps_over_time.png", "TLPs over time by class", "time (us)", "TLPs per bin", by_class, (8, 4)),
@@ -164,5 +228,7 @@ def plot(s_cols: TraceColumns, outdir: str | Path) -> list[Path]:
                lambda ax: ax.plot(np.sort(lat), np.linspace(0, 1, len(lat))) if len(lat) else None),
         figure("payload_sizes.png", "payload size histogram", "payload bytes", "TLPs",
                lambda ax: ax.hist(tc["payload_len"][m], bins=64)),
+        figure("outstanding_reads.png", "device reads in flight", "time (us)", "outstanding reads",
+               lambda ax: ax.step((dt - tc["t_ps"].min()) / 1e6, depth, where="post") if len(depth) else None, (8, 3)),
     ]
     return files
