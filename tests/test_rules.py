@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from phantom.rules import RULES, Checker, check_records
-from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceHeader, read_trace
+from phantom.rules_fast import check_columns
+from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceColumns, TraceHeader, read_trace
 from tb.runner import run
 
 MS = 1_000_000_000  # ps
@@ -247,6 +248,8 @@ def test_mutation_caught(captured, rule):
     MUTATIONS[rule](h, recs)
     hit = rules_hit(h, recs)
     assert hit == {rule}, f"injected {rule}, checker reported {sorted(hit)}"
+    # the columnar checker counts exactly what the per-record one counts
+    assert check_columns(TraceColumns.from_records(h, recs)).counts == check_records(h, recs).counts
 
 
 def test_report_names_first_offender(captured):
@@ -305,3 +308,43 @@ def legal_stream(draw):
 def test_no_false_positives(recs):
     rep = Checker(H, nic_rules=False).feed_all(recs)
     assert not rep.violated(), rep.format()
+
+
+def test_columnar_equals_reference_on_capture(captured):
+    h, recs = captured
+    assert check_columns(TraceColumns.from_records(h, recs)).counts == check_records(h, recs).counts
+
+
+_TYPES = [TlpType.MRd32, TlpType.MRd64, TlpType.MWr32, TlpType.MWr64, TlpType.CplD, TlpType.Cpl, TlpType.CfgRd0,
+          TlpType.IORd, TlpType.MsgD, TlpType.FetchAdd32]
+
+
+@st.composite
+def messy_stream(draw):
+    """Arbitrary, mostly illegal streams: every rule gets exercised, so both checkers must agree on all."""
+    n = draw(st.integers(0, 60))
+    recs, t = [], 0
+    for i in range(n):
+        t += draw(st.integers(-2000, 20000))
+        recs.append(TlpRecord(
+            seq=i, t_ps=max(t, 0), dir=Direction(draw(st.integers(0, 1))), type=draw(st.sampled_from(_TYPES)),
+            length=draw(st.sampled_from([0, 1, 2, 3, 4, 16, 64, 128, 129, 1024, 1100])),
+            address=draw(st.sampled_from([0, 4, 6, 0xFFC, 0x1000, 0x1040, 0x2FF0, 1 << 33, 0xFFFFFFFC])),
+            first_be=draw(st.integers(0, 15)), last_be=draw(st.integers(0, 15)), tag=draw(st.sampled_from([0, 1, 2, 3, 33])),
+            requester_id=draw(st.sampled_from([0x100, 0x0])),
+            status=draw(st.sampled_from([CplStatus.SC, CplStatus.SC, CplStatus.SC, CplStatus.UR])),
+            byte_count=draw(st.sampled_from([4, 16, 64, 256, 512, 4096])), lower_address=draw(st.integers(0, 127)),
+            tc=draw(st.integers(0, 1)), attr=draw(st.integers(0, 3)),
+            cls=draw(st.sampled_from(list(SemClass))),
+            payload=draw(st.sampled_from([None, b"", bytes(16), (0x1040).to_bytes(8, "little") + (64).to_bytes(4, "little") + bytes(4)])),
+        ))
+    return recs
+
+
+@settings(max_examples=400, deadline=None)
+@given(messy_stream(), st.sampled_from([10.0, 50e6]))
+def test_columnar_equals_reference_on_random_streams(recs, timeout_ns):
+    h = TraceHeader(mps=128, mrrs=256, rcb=64)
+    ref = Checker(h, timeout_ns=timeout_ns).feed_all(recs).counts
+    fast = check_columns(TraceColumns.from_records(h, recs), timeout_ns=timeout_ns).counts
+    assert fast == ref
