@@ -18,8 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from phantom.trace import (CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceHeader, TraceReader,
-                           load_any_columns)
+from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceHeader, TraceReader
 
 
 class Severity(enum.IntEnum):
@@ -284,6 +283,10 @@ class Checker:
                 owed, addr = 4, 0
             self.pending[key] = _Pending(self.index, r.t_ps, t, r.tc, r.attr, r.cls, owed, addr, t.is_mem_read)
             heapq.heappush(self._deadlines, (r.t_ps, self.index, key))
+            if len(self._deadlines) > 2 * len(self.pending) + 64:
+                # drop entries of answered requests so memory follows the outstanding requests, not the trace
+                self._deadlines = [(p.t_ps, p.seq, k) for k, p in self.pending.items()]
+                heapq.heapify(self._deadlines)
         if self.nic_rules:
             self._nic_request(r, t)
 
@@ -384,8 +387,9 @@ def check_file(path: str | Path, **kw) -> Report:
     """Check a trace file (JSON lines streamed; npz from columns)."""
     path = Path(path)
     if path.suffix == ".npz":
-        from phantom.rules_fast import check_columns
+        from phantom.rules_fast import check_chunks
+        from phantom.trace import iter_column_chunks, load_columns_header
 
-        return check_columns(load_any_columns(path), **kw)
+        return check_chunks(load_columns_header(path), iter_column_chunks(path), **kw)
     with TraceReader(path) as rd:
         return Checker(rd.header, **kw).feed_all(rd)

@@ -20,12 +20,12 @@ packet data reads in a short Python loop.
 
 from __future__ import annotations
 
+import heapq
 import struct
-from collections import OrderedDict
 
 import numpy as np
 
-from phantom.rules import RULES, Checker, Report, Violation
+from phantom.rules import Checker, Report, Violation, _Pending
 from phantom.trace import CplStatus, Direction, SemClass, TlpType, TraceColumns
 
 _T = TlpType
@@ -60,45 +60,74 @@ def _excl_cumsum_by_group(x: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 
 class _Collector:
-    def __init__(self, first_n: int, t: np.ndarray):
-        self.counts = {r: 0 for r in RULES}
-        self.first: list[Violation] = []
-        self.first_n = first_n
+    """Counts violations; keeps the first few with their global record index."""
+
+    def __init__(self, rep: Report, t: np.ndarray, nv: int, base: int):
+        self.rep = rep
         self.t = t
+        self.nv = nv      # virtual (carried) records at the front of the arrays
+        self.base = base  # global index of the chunk's first real record
 
     def add(self, rule: str, mask_or_idx, msg) -> None:
         idx = np.flatnonzero(mask_or_idx) if getattr(mask_or_idx, "dtype", None) == bool else np.asarray(mask_or_idx)
         if len(idx) == 0:
             return
-        self.counts[rule] += int(len(idx))
-        for i in np.sort(idx)[: self.first_n]:
-            self.first.append(Violation(rule, int(i), int(self.t[i]), msg(int(i))))
+        self.rep.counts[rule] += int(len(idx))
+        for i in np.sort(idx)[: self.rep.first_n]:
+            self.rep.first.append(Violation(rule, self.base + int(i) - self.nv, int(self.t[i]), msg(int(i))))
 
 
 def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 20, nic_rules: bool = True) -> Report:
-    h = tc.header
-    n = len(tc)
-    rep = Report(first_n=first_n)
-    rep.total = n
-    if n == 0:
-        return rep
-    t = tc["t_ps"].astype(np.int64)
-    typ = tc["type"]
-    dirs = tc["dir"]
-    length = tc["length"].astype(np.int64)
-    addr = tc["address"].astype(np.uint64)
-    fbe = tc["first_be"].astype(np.int64) & 0xF
-    lbe = tc["last_be"].astype(np.int64) & 0xF
-    tag = tc["tag"].astype(np.int64)
-    rid = tc["requester_id"].astype(np.int64)
-    status = tc["status"]
-    bc = tc["byte_count"].astype(np.int64)
-    la = tc["lower_address"].astype(np.int64)
-    tcls = tc["tc"].astype(np.int64)
-    attr = tc["attr"].astype(np.int64)
-    cls = tc["cls"]
+    """Check a whole trace held as columns."""
+    return check_chunks(tc.header, [tc], timeout_ns=timeout_ns, first_n=first_n, nic_rules=nic_rules)
+
+
+def check_chunks(header, chunks, *, timeout_ns: float = 50e6, first_n: int = 20, nic_rules: bool = True) -> Report:
+    """Check a trace given as consecutive column chunks; memory depends on the chunk size, not the trace length.
+
+    The state between chunks is exactly the reference Checker's (outstanding requests with the bytes they
+    still owe, the latest arrival time, posted-request time maxima, NIC counters and descriptor window).
+    """
+    state = Checker(header, timeout_ns=timeout_ns, first_n=first_n, nic_rules=nic_rules)
+    for tc in chunks:
+        _check_chunk(tc, state)
+    rep = state.rep
+    rep.first = sorted(rep.first, key=lambda v: (v.index, v.rule))[:first_n]
+    return rep
+
+
+def _check_chunk(tc: TraceColumns, S: Checker) -> None:
+    h = S.h
+    nr = len(tc)
+    if nr == 0:
+        return
+    # carried outstanding requests become virtual records in front of the chunk
+    pend = list(S.pending.items())
+    nv = len(pend)
+    vt = np.array([p.t_ps for _, p in pend], dtype=np.int64)
+
+    def col(name, dtype, virtual):
+        return np.concatenate([np.asarray(virtual, dtype=dtype), tc[name].astype(dtype)])
+
+    t = col("t_ps", np.int64, vt)
+    typ = col("type", np.int64, [int(p.type) for _, p in pend])
+    dirs = col("dir", np.int64, [0] * nv)
+    length = col("length", np.int64, [1] * nv)
+    addr = col("address", np.uint64, [0] * nv)
+    fbe = col("first_be", np.int64, [0] * nv) & 0xF
+    lbe = col("last_be", np.int64, [0] * nv) & 0xF
+    tag = col("tag", np.int64, [k[1] for k, _ in pend])
+    rid = col("requester_id", np.int64, [k[0] for k, _ in pend])
+    status = col("status", np.int64, [0] * nv)
+    bc = col("byte_count", np.int64, [0] * nv)
+    la = col("lower_address", np.int64, [0] * nv)
+    tcls = col("tc", np.int64, [p.tc for _, p in pend])
+    attr = col("attr", np.int64, [p.attr for _, p in pend])
+    cls = col("cls", np.int64, [int(p.cls) for _, p in pend])
+    n = nv + nr
+    real = np.arange(n) >= nv
     ro = (attr & 2) != 0
-    V = _Collector(first_n, t)
+    V = _Collector(S.rep, t, nv, S.index)
     a_lo = (addr & np.uint64(0xFFF)).astype(np.int64)
 
     is_cpl = _isin(typ, _CPL)
@@ -106,13 +135,13 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     posted = _isin(typ, _POSTED)
     nonposted = is_req & ~posted
     has_data = (typ & 0x40) != 0
+    rreq = is_req & real
 
     # request rules -------------------------------------------------------------------------
-    bad_len = is_req & ((length < 1) | (length > 1024))
-    V.add("len_range", bad_len, lambda i: f"{TlpType(int(typ[i])).name} length {length[i]} DW")
+    V.add("len_range", rreq & ((length < 1) | (length > 1024)), lambda i: f"{TlpType(int(typ[i])).name} length {length[i]} DW")
     clen = np.clip(length, 1, 1024)
-    is_mem = is_req & _isin(typ, _MEM)
-    is_io = is_req & _isin(typ, _IO)
+    is_mem = rreq & _isin(typ, _MEM)
+    is_io = rreq & _isin(typ, _IO)
     V.add("addr_align", (is_mem | is_io) & ((addr & np.uint64(3)) != 0),
           lambda i: f"address {int(addr[i]):#x} not DWORD aligned")
     V.add("mem_4kb", is_mem & (a_lo + clen * 4 > 0x1000),
@@ -130,33 +159,31 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
           lambda i: f"write of {clen[i] * 4} B exceeds MPS {h.mps}")
     V.add("rd_mrrs", is_mem & _isin(typ, _MEM_RD) & (dirs == Direction.UP) & (clen * 4 > h.mrrs),
           lambda i: f"read of {clen[i] * 4} B exceeds MRRS {h.mrrs}")
-    V.add("cfg_io_len", is_req & _isin(typ, _CFG_IO) & ((clen != 1) | (lbe != 0)),
+    V.add("cfg_io_len", rreq & _isin(typ, _CFG_IO) & ((clen != 1) | (lbe != 0)),
           lambda i: f"{TlpType(int(typ[i])).name} length {clen[i]} last BE {lbe[i]:#x}")
-    V.add("tag_width", nonposted & (tag >= (1 << h.tag_width)),
+    V.add("tag_width", nonposted & real & (tag >= (1 << h.tag_width)),
           lambda i: f"tag {tag[i]} needs more than {h.tag_width} bits")
-    # completion rules that need no state
     V.add("len_range", is_cpl & has_data & ((length < 1) | (length > 1024)),
           lambda i: f"{TlpType(int(typ[i])).name} length {length[i]} DW")
     V.add("cpl_mps", is_cpl & has_data & (length * 4 > h.mps),
           lambda i: f"completion payload {length[i] * 4} B exceeds MPS {h.mps}")
 
-    # ordering against posted requests, per (direction, TC) --------------------------------
-    grp = dirs.astype(np.int64) * 8 + tcls
-    for g in np.unique(grp):
-        in_g = grp == g
+    # ordering against posted requests, per (direction, TC), continuing the carried maxima ------
+    grp = dirs * 8 + tcls
+    for g in np.unique(grp[real]):
+        d_, tc_ = divmod(int(g), 8)
+        init = S.max_posted_t.get((d_, tc_), -1)
+        in_g = (grp == g) & real
         P = np.flatnonzero(in_g & posted)
-        if len(P) == 0:
-            continue
-        pm = np.maximum.accumulate(t[P])
-        excl = np.concatenate([[-1], pm[:-1]])
-        V.add("ord_posted", P[~ro[P] & (t[P] < excl)],
+        pm = np.maximum.accumulate(np.concatenate([[init], t[P]]))  # pm[k]: max over init and first k posted
+        V.add("ord_posted", P[~ro[P] & (t[P] < pm[:-1])],
               lambda i: f"posted request arrived at {t[i]} ps, before an earlier posted request")
         C = np.flatnonzero(in_g & is_cpl & ~ro)
         k = np.searchsorted(P, C)
-        ok = k > 0
-        C, k = C[ok], k[ok]
-        V.add("ord_cpl_posted", C[t[C] < pm[k - 1]],
+        V.add("ord_cpl_posted", C[t[C] < pm[k]],
               lambda i: f"completion arrived at {t[i]} ps, before an earlier posted request")
+        if len(P):
+            S.max_posted_t[(d_, tc_)] = int(pm[-1])
 
     # request/completion matching -----------------------------------------------------------
     ev = np.flatnonzero(nonposted | is_cpl)
@@ -164,28 +191,26 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     order = np.lexsort((ev, key))
     ev, key = ev[order], key[order]
     m = len(ev)
+    pos = np.arange(m)
     gstart = np.ones(m, bool)
     gstart[1:] = key[1:] != key[:-1]
+    gid = np.cumsum(gstart) - 1
     ev_req = nonposted[ev]
-    pos = np.arange(m)
     # latest request at or before each event; groups are contiguous, so it is this group's if it is in it
     last_req_pos = np.maximum.accumulate(np.where(ev_req, pos, -1))
-    gid = np.cumsum(gstart) - 1
     valid_fill = (last_req_pos >= 0) & (gid[np.maximum(last_req_pos, 0)] == gid)
     owner_pos = np.where(valid_fill, last_req_pos, -1)
-    # next request of the same group after each request
     nxt = np.full(m, n, dtype=np.int64)
     req_positions = pos[ev_req]
     if len(req_positions):
-        following = np.append(req_positions[1:], m)
         same = np.zeros(len(req_positions), bool)
         same[:-1] = gid[req_positions[:-1]] == gid[req_positions[1:]]
-        nxt[req_positions] = np.where(same, ev[np.minimum(following, m - 1)], n)
-    # deadline: first record j > i whose running-maximum time exceeds t[i] + limit
-    PM = np.maximum.accumulate(t)
-    timeout_ps = int(timeout_ns * 1000)
+        following = np.append(req_positions[1:], req_positions[-1])
+        nxt[req_positions] = np.where(same, ev[following], n)
+    # deadlines: first later record whose running-maximum arrival time passes the request's time + limit
+    PM = np.maximum.accumulate(np.where(real, np.maximum(t, S.now), S.now))
     req_idx = ev[ev_req]
-    e = np.maximum(np.searchsorted(PM, t[req_idx] + timeout_ps, side="right"), req_idx + 1)
+    e = np.maximum(np.searchsorted(PM, t[req_idx] + S.timeout_ps, side="right"), req_idx + 1)
     expire = np.full(m, n, dtype=np.int64)
     expire[ev_req] = e
 
@@ -195,11 +220,10 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     has_owner = own >= 0
     own_c = np.maximum(own, 0)
     in_time = has_owner & (cpl_idx < expire[own_c])
-    cand_pos = cpl_pos[in_time]
     cand = cpl_idx[in_time]
     r_pos = own_c[in_time]
     r_idx = ev[r_pos]
-    # request properties
+    virt_r = r_idx < nv
     r_memrd = _isin(typ[r_idx], _MEM_RD)
     r_fbe, r_lbe, r_len = fbe[r_idx], lbe[r_idx], clen[r_idx]
     owed0 = np.where(r_len == 1, np.where(r_fbe == 0, 1, 4 - _LEAD0[r_fbe] - _TRAIL0[r_fbe]),
@@ -207,6 +231,13 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     addr0 = (addr[r_idx] & np.uint64((1 << 62) - 1)).astype(np.int64) + np.where(r_fbe != 0, _LEAD0[r_fbe], 0)
     owed0 = np.where(r_memrd, owed0, 4)
     addr0 = np.where(r_memrd, addr0, 0)
+    if nv:  # carried requests continue from what they still owe
+        v_rem = np.array([p.remaining for _, p in pend], dtype=np.int64)
+        v_addr = np.array([p.addr for _, p in pend], dtype=np.int64)
+        v_mem = np.array([p.is_mem for _, p in pend], dtype=bool)
+        owed0 = np.where(virt_r, v_rem[np.minimum(r_idx, nv - 1)], owed0)
+        addr0 = np.where(virt_r, v_addr[np.minimum(r_idx, nv - 1)], addr0)
+        r_memrd = np.where(virt_r, v_mem[np.minimum(r_idx, nv - 1)], r_memrd)
     first_of_r = np.ones(len(cand), bool)
     first_of_r[1:] = r_pos[1:] != r_pos[:-1]
     carried = length[cand] * 4 - np.where(first_of_r, addr0 & 3, 0)
@@ -218,17 +249,18 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     ended_before = _excl_cumsum_by_group(ends.astype(np.int64), first_of_r) > 0
     matched = ~ended_before
     finishing = matched & ends
-    # unexpected: no owner, past the deadline, or after the request ended
-    unexpected = np.concatenate([cpl_idx[~in_time], cand[ended_before]])
-    V.add("cpl_unexpected", unexpected, lambda i: f"no outstanding request for requester {rid[i]:#06x} tag {tag[i]}")
+    V.add("cpl_unexpected", np.concatenate([cpl_idx[~in_time], cand[ended_before]]),
+          lambda i: f"no outstanding request for requester {rid[i]:#06x} tag {tag[i]}")
     mc = cand[matched]
     mr = r_idx[matched]
+    mpos = r_pos[matched]
     V.add("cpl_fields", mc[(tcls[mc] != tcls[mr]) | (attr[mc] != attr[mr])],
           lambda i: "TC/Attr differ from the request's")
     prev_t = np.concatenate([[-1], t[mc][:-1]])
     first_m = np.ones(len(mc), bool)
-    first_m[1:] = r_pos[matched][1:] != r_pos[matched][:-1]
-    prev_t[first_m] = -1
+    first_m[1:] = mpos[1:] != mpos[:-1]
+    v_last = np.array([p.last_t for _, p in pend] + [-1], dtype=np.int64)
+    prev_t[first_m] = np.where(mr[first_m] < nv, v_last[np.minimum(mr[first_m], nv)], -1)
     V.add("ord_cpl_cpl", mc[t[mc] < prev_t], lambda i: "completion arrived before the previous one of its request")
     chk = matched & ~err & r_memrd
     V.add("cpl_byte_count", cand[chk & (bc[cand] != remaining)], lambda i: f"byte count {bc[i]} differs from bytes owed")
@@ -237,7 +269,6 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     V.add("cpl_overrun", cand[fin & (carried - remaining >= 4)], lambda i: "more data carried than owed")
     V.add("cpl_rcb", cand[chk & ~fin & (((a_k + carried) % h.rcb) != 0)],
           lambda i: f"partial completion does not end on a {h.rcb} B boundary")
-    # requests: finished, replaced (tag_dup) or timed out
     finished_r = np.zeros(m, bool)
     finished_r[r_pos[finishing]] = True
     rp = pos[ev_req]
@@ -247,59 +278,96 @@ def check_columns(tc: TraceColumns, *, timeout_ns: float = 50e6, first_n: int = 
     V.add("cpl_timeout", expire[rp][timed_out], lambda i: "request unanswered past the completion timeout")
 
     # NIC causality -------------------------------------------------------------------------
-    if nic_rules:
-        _nic(tc, V, is_req, cls, cand, r_idx, finishing & ~err & r_memrd, err, matched, n)
+    if S.nic_rules:
+        _nic(tc, V, S, rreq, cls, cand, r_idx, finishing & ~err & r_memrd, err, matched, n, nv)
 
-    rep.counts = V.counts
-    rep.first = sorted(V.first, key=lambda v: (v.index, v.rule))[:first_n]
-    return rep
+    # carry the state into the next chunk ---------------------------------------------------
+    still = ~finished_r[rp] & (expire[rp] == n) & (nxt[rp] == n)
+    sum_carried = np.zeros(m, np.int64)
+    np.add.at(sum_carried, r_pos[matched], carried[matched])
+    last_t = np.full(m, -1, np.int64)  # arrival time of each request's latest matched completion
+    is_last = np.ones(len(mpos), bool)
+    is_last[:-1] = mpos[:-1] != mpos[1:]
+    last_t[mpos[is_last]] = t[mc[is_last]]
+    new_pending = {}
+    deadlines = []
+    for q in rp[still]:
+        i = int(ev[q])
+        k = (int(rid[i]), int(tag[i]))
+        if i < nv:
+            old = S.pending[k]
+            base_rem, base_addr, seq, last = old.remaining, old.addr, old.seq, old.last_t
+            memrd, ptype = old.is_mem, old.type
+        else:
+            memrd = bool(_isin(typ[i:i + 1], _MEM_RD)[0])
+            f, l_, L = int(fbe[i]), int(lbe[i]), int(clen[i])
+            if memrd:
+                base_rem = (1 if f == 0 else 4 - int(_LEAD0[f]) - int(_TRAIL0[f])) if L == 1 else \
+                    L * 4 - int(_LEAD0[f]) - int(_TRAIL0[l_])
+                base_addr = int(addr[i]) + (int(_LEAD0[f]) if f else 0)
+            else:
+                base_rem, base_addr = 4, 0
+            seq, last, ptype = S.index + i - nv, -1, TlpType(int(typ[i]))
+        done = int(sum_carried[q])
+        p = _Pending(seq, int(t[i]), ptype, int(tcls[i]), int(attr[i]), SemClass(int(cls[i])),
+                     base_rem - done, base_addr + done, memrd, int(last_t[q]) if last_t[q] >= 0 else last)
+        new_pending[k] = p
+        deadlines.append((p.t_ps, p.seq, k))
+    S.pending = new_pending
+    heapq.heapify(deadlines)
+    S._deadlines = deadlines
+    S.now = int(PM[-1])
+    S.index += nr
+    S.rep.total += nr
+    S.rep.first = sorted(S.rep.first, key=lambda v: (v.index, v.rule))[: S.rep.first_n]
 
 
-def _nic(tc, V, is_req, cls, cand, r_idx, ok_fin, err, matched, n) -> None:
+def _nic(tc, V, S, rreq, cls, cand, r_idx, ok_fin, err, matched, n, nv) -> None:
     def cum(idx: np.ndarray) -> np.ndarray:
         """Count of events at or before each record."""
         c = np.zeros(n + 1, np.int64)
-        np.add.at(c, idx + 1, 1)
+        np.add.at(c, np.asarray(idx, dtype=np.int64) + 1, 1)
         return np.cumsum(c)[1:]
 
-    req_cls = np.where(is_req, cls, 255)
+    req_cls = np.where(rreq, cls, 255)
     door = np.flatnonzero(req_cls == SemClass.DOORBELL)
-    first_door = door[0] if len(door) else n
+    first_door = -1 if S.doorbells else (door[0] if len(door) else n)
     desc_reads = np.flatnonzero(req_cls == SemClass.DESC_READ)
     V.add("nic_desc_doorbell", desc_reads[desc_reads < first_door], lambda i: "descriptor read before any doorbell")
     fin_idx, fin_req = cand[ok_fin], r_idx[ok_fin]
     data_done = fin_idx[cls[fin_req] == SemClass.DATA_READ]
-    data_units = cum(np.concatenate([np.flatnonzero(req_cls == SemClass.DATA_WRITE), data_done]))
+    data_units = S.data_units + cum(np.concatenate([np.flatnonzero(req_cls == SemClass.DATA_WRITE), data_done]))
     cplw = np.flatnonzero(req_cls == SemClass.CPL_WRITE)
-    cw = cum(cplw)
+    cw = S.cpl_writes + cum(cplw)
     V.add("nic_cpl_data", cplw[cw[cplw] > data_units[cplw]], lambda i: "more completion records than data transfers")
     irq = np.flatnonzero(req_cls == SemClass.INTERRUPT)
-    errors = cum(cand[matched & err])
-    iq = cum(irq)
+    errors = S.errors_seen + cum(cand[matched & err])
+    iq = S.interrupts + cum(irq)
     V.add("nic_irq_cpl", irq[iq[irq] > cw[irq] + errors[irq]], lambda i: "interrupt announces nothing")
+    S.doorbells += len(door)
+    S.data_units, S.cpl_writes, S.errors_seen, S.interrupts = int(data_units[-1]), int(cw[-1]), int(errors[-1]), int(iq[-1])
     # descriptor window walk: descriptor completions and data reads in trace order
     desc_fin = fin_idx[cls[fin_req] == SemClass.DESC_READ]
     data_reads = np.flatnonzero(req_cls == SemClass.DATA_READ)
-    if len(data_reads) == 0:
-        return
     events = sorted([(int(i), 0) for i in desc_fin] + [(int(i), 1) for i in data_reads])
     off, present, pdata = tc.payload_off, tc.payload_present, tc.payload_data
+    off0 = int(off[0]) if len(off) else 0
     address = tc["address"]
-    descs: OrderedDict[int, int] = OrderedDict()
-    done = 0
     bad = []
     for i, kind in events:
+        j = i - nv  # index within the chunk's own columns
         if kind == 0:
-            done += 1
-            if present[i] and off[i + 1] - off[i] >= 12:
-                p = pdata[off[i]:off[i + 1]].tobytes()
+            S.desc_done += 1
+            lo, hi = int(off[j]) - off0, int(off[j + 1]) - off0
+            if present[j] and hi - lo >= 12:
+                p = pdata[lo:hi].tobytes()
                 for o in range(0, len(p) - 11, 16):
                     a, ln = struct.unpack_from("<QI", p, o)
-                    descs[a] = ln
-                    if len(descs) > Checker.DESC_WINDOW:
-                        descs.popitem(last=False)
+                    S.descs[a] = ln
+                    if len(S.descs) > Checker.DESC_WINDOW:
+                        S.descs.popitem(last=False)
         else:
-            a = int(address[i])
-            if done == 0 or (descs and not any(b <= a < b + max(ln, 1) for b, ln in reversed(descs.items()))):
+            a = int(address[j])
+            if S.desc_done == 0 or (S.descs and not S._in_descriptor(a)):
                 bad.append(i)
     V.add("nic_data_desc", np.asarray(bad, dtype=np.int64), lambda i: "packet data read outside every descriptor read")

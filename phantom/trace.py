@@ -426,7 +426,7 @@ class TraceColumns:
 
     def records(self) -> Iterator[TlpRecord]:
         c = {k: v.tolist() for k, v in self.cols.items()}
-        off = self.payload_off.tolist()
+        off = (self.payload_off - (self.payload_off[0] if len(self.payload_off) else 0)).tolist()
         present = self.payload_present.tolist()
         pdata = self.payload_data.tobytes()
         types = {m.value: m for m in TlpType}
@@ -511,6 +511,79 @@ def load_columns(path: str | os.PathLike) -> TraceColumns:
         i = int(np.argmax(bad))
         raise TraceFormatError(path, i, "cls", f"unknown class code {int(cols['cls'][i])} at record {i}")
     return TraceColumns(header, cols, pdata, poff, ppres)
+
+
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    major, _ = np.lib.format.read_magic(f)
+    reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = reader(f)
+    if fortran:
+        raise ValueError("Fortran-ordered arrays are not used in traces")
+    return shape, dtype
+
+
+def iter_column_chunks(path: str | os.PathLike, chunk: int = 1 << 16) -> Iterator[TraceColumns]:
+    """Stream an .npz trace as consecutive TraceColumns of at most ``chunk`` records (memory flat in length).
+
+    Each array is read sequentially from its zip member, so nothing is loaded whole.
+    """
+    import zipfile
+
+    path = Path(path)
+    header = load_columns_header(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as e:
+        raise TraceFormatError(path, None, None, f"not a readable .npz trace: {e}") from None
+    with zf:
+        streams = {}
+        for name in [f"col_{c}" for c in COLUMN_NAMES] + ["payload_off", "payload_present", "payload_data"]:
+            try:
+                f = zf.open(name + ".npy")
+                shape, dtype = _npy_header(f)
+            except (KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+                raise TraceFormatError(path, None, name, f"unreadable array: {e}") from None
+            streams[name] = (f, dtype, shape[0] if shape else 0)
+        n = streams["col_seq"][2]
+
+        def take(name: str, k: int) -> np.ndarray:
+            f, dtype, _ = streams[name]
+            raw = f.read(k * dtype.itemsize)
+            if len(raw) != k * dtype.itemsize:
+                raise TraceFormatError(path, None, name, "truncated array")
+            return np.frombuffer(raw, dtype=dtype)
+
+        last_off = take("payload_off", 1)
+        done = 0
+        while done < n:
+            k = min(chunk, n - done)
+            cols = {c: take(f"col_{c}", k) for c in COLUMN_NAMES}
+            off = np.concatenate([last_off, take("payload_off", k)])
+            last_off = off[-1:]
+            present = take("payload_present", k)
+            pdata = take("payload_data", int(off[-1] - off[0]))
+            bad = ~np.isin(cols["type"], np.array([m.value for m in TlpType]))
+            if bad.any():
+                i = int(np.argmax(bad))
+                raise TraceFormatError(path, done + i, "type", f"unknown TLP type code {int(cols['type'][i]):#x} at record {done + i}")
+            yield TraceColumns(header, cols, pdata, off, present)
+            done += k
+
+
+def load_columns_header(path: str | os.PathLike) -> TraceHeader:
+    import zipfile
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("header.npy") as f:
+            _, dtype = _npy_header(f)
+            text = np.frombuffer(f.read(), dtype=dtype)[0] if dtype.itemsize else ""
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise TraceFormatError(path, None, "header", f"not a readable .npz trace: {e}") from None
+    try:
+        return TraceHeader.from_json(json.loads(text), path=path, line=None)
+    except json.JSONDecodeError as e:
+        raise TraceFormatError(path, None, "header", f"not JSON: {e.msg}") from None
 
 
 # convenience -----------------------------------------------------------------------------------

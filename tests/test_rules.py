@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from phantom.rules import RULES, Checker, check_records
-from phantom.rules_fast import check_columns
+from phantom.rules_fast import check_chunks, check_columns
 from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceColumns, TraceHeader, read_trace
 from tb.runner import run
 
@@ -22,6 +22,10 @@ def captured(tmp_path_factory):
     run("run_scenario", sim="verilator", data_width=256, module="test_scenario", test_dir=d,
         env={"NIC_SCENARIO": "mixed", "NIC_FRAMES": "80", "NIC_TRACE": str(trace), "NIC_PROGRESS": "0"})
     return read_trace(trace)
+
+
+def chunked(h, recs, size):
+    return [TraceColumns.from_records(h, recs[i:i + size]) for i in range(0, len(recs), size)]
 
 
 def rules_hit(header, recs):
@@ -248,8 +252,10 @@ def test_mutation_caught(captured, rule):
     MUTATIONS[rule](h, recs)
     hit = rules_hit(h, recs)
     assert hit == {rule}, f"injected {rule}, checker reported {sorted(hit)}"
-    # the columnar checker counts exactly what the per-record one counts
-    assert check_columns(TraceColumns.from_records(h, recs)).counts == check_records(h, recs).counts
+    # the columnar checker counts exactly what the per-record one counts, whole or in chunks
+    ref = check_records(h, recs).counts
+    assert check_columns(TraceColumns.from_records(h, recs)).counts == ref
+    assert check_chunks(h, chunked(h, recs, 97)).counts == ref
 
 
 def test_report_names_first_offender(captured):
@@ -342,9 +348,12 @@ def messy_stream(draw):
 
 
 @settings(max_examples=400, deadline=None)
-@given(messy_stream(), st.sampled_from([10.0, 50e6]))
-def test_columnar_equals_reference_on_random_streams(recs, timeout_ns):
+@given(messy_stream(), st.sampled_from([10.0, 50e6]), st.integers(1, 12))
+def test_columnar_equals_reference_on_random_streams(recs, timeout_ns, chunk):
     h = TraceHeader(mps=128, mrrs=256, rcb=64)
-    ref = Checker(h, timeout_ns=timeout_ns).feed_all(recs).counts
-    fast = check_columns(TraceColumns.from_records(h, recs), timeout_ns=timeout_ns).counts
-    assert fast == ref
+    ref = Checker(h, timeout_ns=timeout_ns).feed_all(recs)
+    fast = check_columns(TraceColumns.from_records(h, recs), timeout_ns=timeout_ns)
+    assert fast.counts == ref.counts
+    assert check_chunks(h, chunked(h, recs, chunk), timeout_ns=timeout_ns).counts == ref.counts
+    # the first offenders listed are the same records
+    assert [v.index for v in fast.first] == sorted(v.index for v in ref.first)

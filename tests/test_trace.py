@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from phantom.trace import (SCHEMA_VERSION, CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceFormatError,
-                           TraceHeader, TraceReader, convert, load_columns, read_trace, write_trace)
+                           TraceHeader, TraceReader, convert, iter_column_chunks, load_columns, read_trace, write_trace)
 
 
 def sample(n=50):
@@ -109,3 +109,23 @@ def test_header_validates():
         TraceHeader(mps=100)
     with pytest.raises(ValueError, match="rcb"):
         TraceHeader(rcb=32)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 64, 10_000])
+def test_npz_chunks_stream_every_record(tmp_path, chunk):
+    recs = sample(200)
+    p = tmp_path / "t.npz"
+    write_trace(p, HDR, recs)
+    got = [r for c in iter_column_chunks(p, chunk) for r in c.records()]
+    assert got == recs
+    assert all(len(c) <= chunk for c in iter_column_chunks(p, chunk))
+
+
+def test_npz_chunks_truncated_member(tmp_path):
+    p = tmp_path / "t.npz"
+    write_trace(p, HDR, sample(50))
+    z = dict(np.load(p))
+    z["col_tag"] = z["col_tag"][:10]
+    np.savez(p, **z)
+    with pytest.raises(TraceFormatError, match="col_tag"):
+        list(iter_column_chunks(p, 16))
