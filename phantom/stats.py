@@ -147,6 +147,9 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
         m = dirs == d
         timeline[f"{d.name.lower()}_tlps"] = np.histogram(rel[m], edges)[0].tolist()
         timeline[f"{d.name.lower()}_bytes"] = np.histogram(rel[m], edges, weights=plen[m])[0].astype(np.int64).tolist()
+        for ty in np.unique(types[m]):
+            mt = m & (types == ty)
+            timeline[f"{d.name.lower()}_{TlpType(int(ty)).name}_tlps"] = np.histogram(rel[mt], edges)[0].tolist()
     cpl_writes = int((cls == SemClass.CPL_WRITE).sum())
     dma_tlps = int(np.isin(cls, [SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE, SemClass.CPL_WRITE,
                                  SemClass.INTERRUPT]).sum())

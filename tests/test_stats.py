@@ -63,6 +63,7 @@ def test_alignment_and_link_utilization():
     cap = 8.0 * 128 / 130 * 8 / 8  # bytes per ns
     assert s["link_utilization"]["up"] == pytest.approx((4 * 24 + 20) / (cap * 13))
     assert sum(s["timeline"]["up_tlps"]) == 4 and sum(s["timeline"]["down_bytes"]) == 532
+    assert sum(s["timeline"]["up_MRd32_tlps"]) == 2 and sum(s["timeline"]["down_CplD_tlps"]) == 3
 
 
 def test_report_and_plots(tmp_path):
