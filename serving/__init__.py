@@ -1,0 +1,1 @@
+"""Equinox: holistic fair scheduling for shared LLM serving, with VTC and FCFS baselines and an engine simulator."""

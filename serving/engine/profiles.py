@@ -1,0 +1,101 @@
+"""Execution-time model of one model replica (Vidur-style, per iteration), with documented constants.
+
+An iteration runs some prefill chunks and some decode steps together. Its time is the larger of
+  * memory time: read the weights once, plus every KV entry attended by decodes, at the HBM bandwidth, and
+  * compute time: 2 * parameters FLOPs per token processed, plus attention FLOPs of prefill chunks
+    (each chunk token attends to the context before it and half its own chunk), at peak * MFU,
+plus a fixed per-iteration overhead (kernel launches, scheduler, sampling) and a per-sequence overhead.
+GPU utilisation of an iteration is compute time / iteration time (how busy the tensor cores are).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Model + GPU constants; see docs/engine-calibration.md for sources and the A10G fit."""
+
+    name: str
+    params: float               # model parameters
+    layers: int
+    hidden: int
+    weight_bytes: float         # bytes of weights read per iteration (fp16)
+    kv_bytes_per_token: float   # K and V, all layers, fp16: 2 * layers * hidden * 2
+    hbm_bw: float               # bytes/s achievable
+    peak_flops: float           # fp16 tensor FLOP/s
+    mfu: float                  # achievable fraction of peak in GEMMs
+    iter_overhead_s: float      # fixed per-iteration overhead
+    seq_overhead_s: float       # per sequence in the batch (LoRA/adapters, sampling, bookkeeping)
+    kv_capacity_tokens: int     # KV cache size in tokens
+    block_tokens: int = 16      # KV block size
+
+    def __post_init__(self) -> None:
+        for name in ("params", "weight_bytes", "kv_bytes_per_token", "hbm_bw", "peak_flops", "mfu"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"profile {self.name}: {name} must be positive, got {getattr(self, name)!r}")
+        if self.kv_capacity_tokens < self.block_tokens:
+            raise ValueError(f"profile {self.name}: KV capacity {self.kv_capacity_tokens} below one block")
+
+    def compute_time(self, prefill_chunks: list[tuple[int, int]], n_decode: int) -> float:
+        """prefill_chunks: (tokens in chunk, context tokens before it)."""
+        tok = n_decode + sum(c for c, _ in prefill_chunks)
+        attn = sum(4 * self.layers * self.hidden * c * (ctx + c / 2) for c, ctx in prefill_chunks)
+        return (2 * self.params * tok + attn) / (self.peak_flops * self.mfu)
+
+    def memory_time(self, decode_kv_tokens: int) -> float:
+        return (self.weight_bytes + self.kv_bytes_per_token * decode_kv_tokens) / self.hbm_bw
+
+    def iteration(self, prefill_chunks: list[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> tuple[float, float]:
+        """(seconds, GPU utilisation) of one iteration."""
+        comp = self.compute_time(prefill_chunks, n_decode)
+        mem = self.memory_time(decode_kv_tokens)
+        n_seq = n_decode + len(prefill_chunks)
+        t = max(comp, mem) + self.iter_overhead_s + self.seq_overhead_s * n_seq
+        return t, comp / t
+
+    def decode_steps_time(self, n: int, kv0: int, k: int) -> float:
+        """Total time of k decode-only steps of n sequences whose KV total starts at kv0 (grows by n a step)."""
+        if k <= 0:
+            return 0.0
+        comp = 2 * self.params * n / (self.peak_flops * self.mfu)
+        fixed = self.iter_overhead_s + self.seq_overhead_s * n
+        total = 0.0
+        # memory time grows linearly with the step; compute time is constant: sum piecewise
+        kv_sum = kv0 * k + n * k * (k - 1) // 2
+        mem_total = (self.weight_bytes * k + self.kv_bytes_per_token * kv_sum) / self.hbm_bw
+        if self.memory_time(kv0) >= comp:  # memory bound from the first step on (the usual decode case)
+            return mem_total + fixed * k
+        for j in range(k):
+            total += max(comp, self.memory_time(kv0 + n * j)) + fixed
+        return total
+
+
+class ProfileName(str, enum.Enum):
+    A100_LLAMA2_7B = "a100-llama2-7b"
+    A10G_LLAMA_7B = "a10g-llama-7b"
+
+
+_LLAMA7B = dict(params=6.74e9, layers=32, hidden=4096, weight_bytes=6.74e9 * 2, kv_bytes_per_token=2 * 32 * 4096 * 2)
+
+PROFILES: dict[ProfileName, Profile] = {
+    # A100-80GB SXM: 1.55 TB/s nominal (~1.4 achievable), 312 TFLOP/s fp16 dense; vLLM-like overheads.
+    # KV: 80 GB - 13.5 GB weights - activations ~ 55 GB / 0.5 MB per token ~ 100k tokens.
+    ProfileName.A100_LLAMA2_7B: Profile("A100 Llama-2-7B", hbm_bw=1.4e12, peak_flops=312e12, mfu=0.5,
+                                        iter_overhead_s=2.0e-3, seq_overhead_s=2.0e-5, kv_capacity_tokens=100_000,
+                                        **_LLAMA7B),
+    # A10G-24GB: 600 GB/s nominal, 125 TFLOP/s fp16 tensor (AWS g5). VTC artifact: S-LoRA engine, KV pool of
+    # 10,000 tokens. Overheads fitted to the artifact's measured throughput (docs/engine-calibration.md).
+    ProfileName.A10G_LLAMA_7B: Profile("A10G Llama-7B (S-LoRA)", hbm_bw=0.5e12, peak_flops=125e12, mfu=0.4,
+                                       iter_overhead_s=12.0e-3, seq_overhead_s=0.45e-3, kv_capacity_tokens=10_000,
+                                       **_LLAMA7B),
+}
+
+
+def get_profile(name: str | ProfileName) -> Profile:
+    try:
+        return PROFILES[ProfileName(name)]
+    except ValueError:
+        raise ValueError(f"unknown profile: {name!r} (known: {', '.join(p.value for p in ProfileName)})") from None

@@ -1,0 +1,144 @@
+"""Fairness and performance metrics of a simulated (or real) run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.engine.simulator import SimResult
+
+
+def jain(x: np.ndarray) -> float:
+    """Jain's fairness index (sum x)^2 / (n sum x^2): 1 is perfectly even, 1/n maximally uneven."""
+    x = np.asarray(x, dtype=float)
+    if len(x) == 0 or not np.any(x):
+        return float("nan")
+    return float(x.sum() ** 2 / (len(x) * (x * x).sum()))
+
+
+def vtc_bound(max_input: int, max_output: int, w_p: float = 1.0, w_q: float = 2.0) -> float:
+    """VTC's bound on the service difference between backlogged clients: 2 * max(w_p * L_input, w_q * M)."""
+    return 2.0 * max(w_p * max_input, w_q * max_output)
+
+
+def max_service_gap(res: SimResult) -> float:
+    """Largest |(S_f - S_g) change| over any interval in which clients f and g are both continuously backlogged."""
+    if len(res.samples_t) < 2:
+        return 0.0
+    S = np.vstack(res.samples_service)   # (T, C)
+    B = np.vstack(res.samples_backlog)   # (T, C)
+    worst = 0.0
+    C = S.shape[1]
+    for f in range(C):
+        for g in range(f + 1, C):
+            both = B[:, f] & B[:, g]
+            if not both.any():
+                continue
+            d = S[:, f] - S[:, g]
+            # split into runs of consecutive samples where both are backlogged
+            idx = np.flatnonzero(both)
+            breaks = np.flatnonzero(np.diff(idx) > 1)
+            for run in np.split(idx, breaks + 1):
+                seg = d[run]
+                worst = max(worst, float(seg.max() - seg.min()))
+    return worst
+
+
+def windowed_service(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """(window end times, service per client per second in each window)."""
+    t = np.asarray(res.samples_t)
+    S = np.vstack(res.samples_service)
+    edges = np.arange(0, t[-1] + window, window)
+    at = np.searchsorted(t, edges, side="right") - 1
+    at = np.clip(at, 0, len(t) - 1)
+    acc = S[at]
+    return edges[1:], np.diff(acc, axis=0) / window
+
+
+def jain_over_time(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+    """Jain's index of weighted service among clients active in each window."""
+    ends, rate = windowed_service(res, window)
+    t = np.asarray(res.samples_t)
+    A = np.vstack(res.samples_active)
+    weights = _weights(res)
+    out = []
+    for k, e in enumerate(ends):
+        m = (t > e - window) & (t <= e)
+        act = A[m].any(axis=0) if m.any() else np.zeros(A.shape[1], bool)
+        out.append(jain(rate[k][act] / weights[act]) if act.sum() > 1 else np.nan)
+    return ends, np.asarray(out)
+
+
+def _weights(res: SimResult) -> np.ndarray:
+    w = {r.client: r.weight for r in res.requests}
+    return np.array([w[c] for c in res.clients])
+
+
+@dataclass
+class Summary:
+    requests: int
+    finished: int
+    makespan_s: float
+    throughput_req_s: float
+    throughput_tok_s: float          # output tokens per second over the makespan
+    ttft_mean: float
+    ttft_p50: float
+    ttft_p90: float
+    ttft_p99: float
+    latency_mean: float
+    tbt_p50: float
+    tbt_p99: float
+    jain: float                      # over per-client weighted service per second of activity, whole run
+    jain_time_mean: float            # mean of Jain's index over 10 s windows
+    max_gap: float                   # max accumulated-service difference between backlogged clients
+    vtc_bound: float
+    gpu_util: float                  # tensor-core busy fraction over the makespan
+    preemptions: int
+    kv_peak: int
+    kv_capacity: int
+    ttft_by_client: dict
+
+
+def summarize(res: SimResult) -> Summary:
+    done = [r for r in res.requests if r.finished is not None]
+    ttft = np.array([r.ttft for r in done]) if done else np.array([np.nan])
+    lat = np.array([r.latency for r in done]) if done else np.array([np.nan])
+    out_tok = sum(r.output_tokens for r in done)
+    if res.tbt:
+        st = np.array([a for a, _ in res.tbt])
+        w = np.array([b for _, b in res.tbt], dtype=float)
+        order = np.argsort(st)
+        cw = np.cumsum(w[order]) / w.sum()
+        tbt50 = float(st[order][np.searchsorted(cw, 0.5)])
+        tbt99 = float(st[order][min(np.searchsorted(cw, 0.99), len(st) - 1)])
+    else:
+        tbt50 = tbt99 = float("nan")
+    # per-client service rate while active (weighted): fairness of what each got when it wanted service
+    S = np.vstack(res.samples_service)
+    A = np.vstack(res.samples_active)
+    t = np.asarray(res.samples_t)
+    dt = np.diff(np.concatenate([[0.0], t]))
+    active_time = (A * dt[:, None]).sum(axis=0)
+    rate = np.where(active_time > 0, S[-1] / np.maximum(active_time, 1e-9), 0.0) / _weights(res)
+    by_client = {}
+    for c in res.clients:
+        x = np.array([r.ttft for r in done if r.client == c])
+        if len(x):
+            by_client[c] = {"n": int(len(x)), "mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
+                            "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}
+    max_in = max(r.prompt_tokens for r in res.requests)
+    max_out = max(r.output_tokens for r in res.requests)
+    _, jt = jain_over_time(res)
+    return Summary(
+        requests=len(res.requests), finished=len(done), makespan_s=res.makespan,
+        throughput_req_s=len(done) / res.makespan if res.makespan else 0.0,
+        throughput_tok_s=out_tok / res.makespan if res.makespan else 0.0,
+        ttft_mean=float(np.nanmean(ttft)), ttft_p50=float(np.nanpercentile(ttft, 50)),
+        ttft_p90=float(np.nanpercentile(ttft, 90)), ttft_p99=float(np.nanpercentile(ttft, 99)),
+        latency_mean=float(np.nanmean(lat)), tbt_p50=tbt50, tbt_p99=tbt99,
+        jain=jain(rate[active_time > 0]), jain_time_mean=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
+        max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, max_out),
+        gpu_util=res.compute / res.makespan if res.makespan else 0.0, preemptions=res.preemptions,
+        kv_peak=res.kv_peak, kv_capacity=res.kv_capacity, ttft_by_client=by_client,
+    )

@@ -1,0 +1,134 @@
+"""The policy contract: the policy owns every fairness decision and the engine behaviour it runs with."""
+
+from __future__ import annotations
+
+import abc
+import heapq
+from collections import deque
+from dataclasses import dataclass
+
+from serving.request import Request
+
+
+@dataclass
+class EngineBehaviour:
+    """How the engine batches under a policy (each switch is an ablation knob)."""
+
+    chunked_prefill: bool = False   # stall-free: prefill in chunks within a token budget, decodes first
+    token_budget: int = 512         # tokens per iteration when chunking
+    admit_every: int = 10           # without chunking: look for new requests every N decode steps (VTC artifact)
+    reserve: str = "full"           # KV reserved at admission: "full" (prompt + max output) or "predicted"
+    adaptive: bool = False          # adapt the token budget to load and the TBT target
+    tbt_target_s: float = 0.15      # time-between-tokens target for adaptive batching
+    max_batch: int = 256            # sequences per iteration
+
+    def __post_init__(self) -> None:
+        if self.reserve not in ("full", "predicted"):
+            raise ValueError(f"reserve must be 'full' or 'predicted', got {self.reserve!r}")
+        if self.token_budget < 16 or self.max_batch < 1 or self.admit_every < 1:
+            raise ValueError(f"bad engine behaviour: token_budget {self.token_budget}, max_batch {self.max_batch}, "
+                             f"admit_every {self.admit_every}")
+
+
+class ClientHeap:
+    """Clients with waiting requests ordered by a priority key; O(log clients) updates (lazy invalidation)."""
+
+    def __init__(self):
+        self.heap: list[tuple[float, str]] = []
+        self.key: dict[str, float] = {}
+
+    def set(self, client: str, key: float) -> None:
+        self.key[client] = key
+        heapq.heappush(self.heap, (key, client))
+
+    def discard(self, client: str) -> None:
+        self.key.pop(client, None)
+
+    def peek(self) -> str | None:
+        h = self.heap
+        while h:
+            k, c = h[0]
+            if self.key.get(c) == k:
+                return c
+            heapq.heappop(h)
+        return None
+
+    def __contains__(self, client: str) -> bool:
+        return client in self.key
+
+    def __len__(self) -> int:
+        return len(self.key)
+
+
+class Policy(abc.ABC):
+    """Holds the waiting requests per client and decides who goes next."""
+
+    name = "base"
+
+    def __init__(self, behaviour: EngineBehaviour | None = None):
+        self.behaviour = behaviour or self.default_behaviour()
+        self.queues: dict[str, deque[Request]] = {}
+        self.waiting = 0
+
+    @classmethod
+    def default_behaviour(cls) -> EngineBehaviour:
+        return EngineBehaviour()
+
+    # queue management (shared) ------------------------------------------------------------------
+    def add(self, req: Request, now: float, running: dict[str, int]) -> None:
+        q = self.queues.get(req.client)
+        newly_backlogged = not q
+        if q is None:
+            q = self.queues[req.client] = deque()
+        q.append(req)
+        self.waiting += 1
+        self.on_arrival(req, now, newly_backlogged, running)
+
+    def requeue_front(self, req: Request, running: dict[str, int]) -> None:
+        """A preempted request goes back to the head of its client's queue."""
+        q = self.queues.setdefault(req.client, deque())
+        newly = not q
+        q.appendleft(req)
+        self.waiting += 1
+        if newly:
+            self.on_backlogged(req.client)
+
+    def peek(self) -> Request | None:
+        c = self.next_client()
+        return self.queues[c][0] if c is not None else None
+
+    def pop(self, now: float) -> Request:
+        c = self.next_client()
+        q = self.queues[c]
+        req = q.popleft()
+        self.waiting -= 1
+        if not q:
+            self.on_drained(c)
+        return req
+
+    # decisions ------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def next_client(self) -> str | None:
+        """The client whose head request is served next (None when nothing waits)."""
+
+    def on_arrival(self, req: Request, now: float, newly_backlogged: bool, running: dict[str, int]) -> None:
+        if newly_backlogged:
+            self.on_backlogged(req.client)
+
+    def on_backlogged(self, client: str) -> None:
+        """A client's queue became non-empty."""
+
+    def on_drained(self, client: str) -> None:
+        """A client's queue became empty."""
+
+    def on_admit(self, req: Request, now: float) -> None:
+        """The request enters the running batch."""
+
+    def on_tokens(self, req: Request, n: int, now: float) -> None:
+        """The request produced n output tokens."""
+
+    def on_finish(self, req: Request, now: float) -> None:
+        """The request completed."""
+
+    def on_iteration(self, gpu_seconds: dict[str, float], now: float) -> None:
+        """Measured GPU time attributed to each client in the last iteration(s)."""

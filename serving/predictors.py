@@ -1,0 +1,169 @@
+"""MoPE: a deterministic Mixture of Prediction Experts for output length, latency, throughput and GPU use.
+
+Experts (each trained online from observed history, no randomness anywhere):
+  * ClientHistory  - median output length of the client's recent requests;
+  * PromptRegression - least-squares fit of output length on (1, log prompt length) over recent history;
+  * RegimeQuantile - median output length of recent requests in the same prompt-length bucket.
+Gate: each expert's weight is exp(-err / scale), err being its exponentially weighted L1 error on requests
+already finished, so the gate follows whichever expert has recently been right. Same history and inputs give the
+same prediction. Latency, throughput and utilisation are derived from the output prediction and the engine
+profile's cost model for the current batch.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import defaultdict, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.engine.profiles import Profile
+
+
+@dataclass
+class MoPEConfig:
+    """Windows and smoothing of the experts and the gate."""
+
+    window: int = 200          # requests remembered per expert (recent history)
+    client_window: int = 32    # requests remembered per client
+    err_decay: float = 0.05    # weight of the newest error in each expert's running L1 error
+    prior_output: float = 128.0  # prediction before any history
+
+    def __post_init__(self) -> None:
+        if self.window < 2 or self.client_window < 1:
+            raise ValueError(f"windows must be positive (window {self.window!r}, client_window {self.client_window!r})")
+        if not 0 < self.err_decay <= 1:
+            raise ValueError(f"err_decay must be in (0, 1], got {self.err_decay!r}")
+
+
+class ClientHistory:
+    name = "client_history"
+
+    def __init__(self, cfg: MoPEConfig):
+        self.cfg = cfg
+        self.h: dict[str, deque] = defaultdict(lambda: deque(maxlen=cfg.client_window))
+        self.glob: deque = deque(maxlen=cfg.window)
+
+    def predict(self, client: str, prompt: int) -> float:
+        # the median minimises L1 error; the mean is pulled by the long tail of output lengths
+        h = self.h.get(client)
+        if h:
+            return float(np.median(h))
+        return float(np.median(self.glob)) if self.glob else self.cfg.prior_output
+
+    def observe(self, client: str, prompt: int, output: int) -> None:
+        self.h[client].append(output)
+        self.glob.append(output)
+
+
+class PromptRegression:
+    name = "prompt_regression"
+
+    def __init__(self, cfg: MoPEConfig):
+        self.cfg = cfg
+        self.x: deque = deque(maxlen=cfg.window)
+        self.y: deque = deque(maxlen=cfg.window)
+        self.coef = None
+
+    def predict(self, client: str, prompt: int) -> float:
+        if self.coef is None:
+            return sum(self.y) / len(self.y) if self.y else self.cfg.prior_output
+        a, b = self.coef
+        return max(1.0, a + b * math.log1p(prompt))
+
+    def observe(self, client: str, prompt: int, output: int) -> None:
+        self.x.append(math.log1p(prompt))
+        self.y.append(output)
+        if len(self.x) >= 8:
+            X = np.column_stack([np.ones(len(self.x)), np.asarray(self.x)])
+            self.coef = tuple(np.linalg.lstsq(X, np.asarray(self.y, dtype=float), rcond=None)[0])
+
+
+class RegimeQuantile:
+    name = "regime_quantile"
+    EDGES = (64, 256, 1024, 4096)
+
+    def __init__(self, cfg: MoPEConfig):
+        self.cfg = cfg
+        self.b: dict[int, deque] = defaultdict(lambda: deque(maxlen=cfg.window))
+
+    def _bucket(self, prompt: int) -> int:
+        return bisect.bisect(self.EDGES, prompt)
+
+    def predict(self, client: str, prompt: int) -> float:
+        h = self.b.get(self._bucket(prompt))
+        if not h:
+            allv = [v for d in self.b.values() for v in d]
+            return float(np.median(allv)) if allv else self.cfg.prior_output
+        return float(np.median(h))
+
+    def observe(self, client: str, prompt: int, output: int) -> None:
+        self.b[self._bucket(prompt)].append(output)
+
+
+class MoPE:
+    """Mixture of the three experts with a deterministic error-driven gate."""
+
+    def __init__(self, cfg: MoPEConfig | None = None):
+        self.cfg = cfg or MoPEConfig()
+        self.experts = [ClientHistory(self.cfg), PromptRegression(self.cfg), RegimeQuantile(self.cfg)]
+        self.err = [self.cfg.prior_output] * len(self.experts)
+
+    def gate(self) -> list[float]:
+        scale = max(min(self.err), 1.0)
+        w = [math.exp(-(e - min(self.err)) / scale) for e in self.err]
+        s = sum(w)
+        return [x / s for x in w]
+
+    def predict_output(self, client: str, prompt: int) -> float:
+        preds = [e.predict(client, prompt) for e in self.experts]
+        return float(sum(g * p for g, p in zip(self.gate(), preds)))
+
+    def observe(self, client: str, prompt: int, output: int) -> None:
+        d = self.cfg.err_decay
+        for i, e in enumerate(self.experts):
+            self.err[i] = (1 - d) * self.err[i] + d * abs(e.predict(client, prompt) - output)
+            e.observe(client, prompt, output)
+
+    # derived predictions -------------------------------------------------------------------------
+    @staticmethod
+    def predict_latency(profile: Profile, prompt: int, out: float, batch: int, batch_kv: int,
+                        queue_wait_s: float = 0.0) -> tuple[float, float]:
+        """(TTFT, end-to-end) seconds if admitted now into a batch of `batch` sequences holding `batch_kv` KV."""
+        prefill, _ = profile.iteration([(prompt, 0)], batch, batch_kv)
+        step, _ = profile.iteration([], batch + 1, batch_kv + prompt + int(out / 2))
+        ttft = queue_wait_s + prefill
+        return ttft, ttft + step * max(out - 1, 0)
+
+    @staticmethod
+    def predict_resources(profile: Profile, prompt: int, out: float, batch: int, batch_kv: int) -> tuple[float, float, float]:
+        """(GPU-seconds attributed to the request, tokens/s it will see, GPU utilisation of its batch)."""
+        step, util = profile.iteration([], batch + 1, batch_kv + prompt + int(out / 2))
+        prefill, _ = profile.iteration([(prompt, 0)], 0, 0)
+        gpu_s = prefill + step * out / (batch + 1)
+        return gpu_s, 1.0 / step, util
+
+
+class SingleModel:
+    """The single-model proxy MoPE is compared against: one global running mean of output lengths."""
+
+    def __init__(self, prior: float = 128.0, window: int = 200):
+        self.h: deque = deque(maxlen=window)
+        self.prior = prior
+
+    def predict_output(self, client: str, prompt: int) -> float:
+        return sum(self.h) / len(self.h) if self.h else self.prior
+
+    def observe(self, client: str, prompt: int, output: int) -> None:
+        self.h.append(output)
+
+
+def online_l1(requests, model) -> float:
+    """Mean |predicted - actual| output tokens, predicting each request before learning from it (arrival order)."""
+    errs = []
+    for r in requests:
+        errs.append(abs(model.predict_output(r.client, r.prompt_tokens) - r.output_tokens))
+        model.observe(r.client, r.prompt_tokens, r.output_tokens)
+    return float(np.mean(errs)) if errs else float("nan")

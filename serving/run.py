@@ -1,0 +1,32 @@
+"""Run one policy on one workload through the engine simulator."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+from serving.engine.profiles import get_profile
+from serving.engine.simulator import SimResult, Simulator
+from serving.policies import make_policy
+from serving.policies.base import EngineBehaviour
+from serving.predictors import MoPE
+from serving.request import Request
+from serving.scheduler import Scheduler
+
+
+def simulate(requests: list[Request], policy: str, profile: str = "a100-llama2-7b",
+             behaviour: dict | None = None, policy_kw: dict | None = None, progress=None) -> SimResult:
+    """Simulate a fresh copy of the requests (callers can reuse their list across policies)."""
+    prof = get_profile(profile)
+    pol_cls = make_policy(policy, **(policy_kw or {}))
+    if behaviour:
+        pol_cls.behaviour = dataclasses.replace(pol_cls.behaviour, **behaviour)
+        EngineBehaviour.__post_init__(pol_cls.behaviour)
+    if hasattr(pol_cls, "token_rate"):
+        step, _ = prof.iteration([], 1, 512)
+        pol_cls.token_rate = 1.0 / step
+    sched = Scheduler(pol_cls, prof, MoPE())
+    reqs = [copy.copy(r) for r in requests]
+    for r in reqs:
+        r.token_times = []
+    return Simulator(sched, reqs).run(progress)

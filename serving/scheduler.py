@@ -1,0 +1,229 @@
+"""The scheduler: iteration-level batching under a policy; the contract toward any engine.
+
+``schedule(now) -> SchedulerOutput`` decides one iteration; ``update_from_output(out, ...)`` applies what the
+engine did. The policy owns every fairness decision (who is next, what is charged) and the engine behaviour
+(chunked prefill, admission cadence, KV reservation, adaptive batching); the scheduler never asks which policy
+it runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from serving.engine.profiles import Profile
+from serving.policies.base import Policy
+from serving.predictors import MoPE
+from serving.request import Request
+
+
+@dataclass
+class SchedulerOutput:
+    """One iteration's work."""
+
+    prefills: list[tuple[Request, int]] = field(default_factory=list)  # (request, tokens prefilled this iteration)
+    decodes: list[Request] = field(default_factory=list)                # requests producing one token each
+    admitted: list[Request] = field(default_factory=list)               # newly admitted this iteration
+    preempted: list[Request] = field(default_factory=list)              # evicted to make KV room (recompute later)
+    steps: int = 1                                                      # identical decode-only iterations folded in
+
+    @property
+    def empty(self) -> bool:
+        return not self.prefills and not self.decodes
+
+
+class Scheduler:
+    def __init__(self, policy: Policy, profile: Profile, predictor: MoPE | None = None):
+        self.policy = policy
+        self.b = policy.behaviour
+        self.profile = profile
+        self.predictor = predictor or MoPE()
+        self.running: list[Request] = []          # admission order
+        self.running_by_client: dict[str, int] = defaultdict(int)
+        self.kv_capacity = profile.kv_capacity_tokens
+        self.reserved = 0                         # tokens reserved by running requests
+        self.decode_iters = 0                     # decode iterations since the last admission check
+        self.budget = self.b.token_budget         # current token budget (adaptive)
+        self.preemptions = 0
+        self.finished: list[Request] = []
+
+    # arrivals -----------------------------------------------------------------------------------
+    def add_request(self, req: Request, now: float) -> None:
+        req.predicted_output = max(1.0, self.predictor.predict_output(req.client, req.prompt_tokens))
+        self.policy.add(req, now, self.running_by_client)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or self.policy.waiting > 0
+
+    # KV accounting --------------------------------------------------------------------------------
+    def _blocks(self, tokens: float) -> int:
+        bt = self.profile.block_tokens
+        return int(math.ceil(tokens / bt)) * bt
+
+    def _reservation(self, req: Request) -> int:
+        out = req.output_tokens if self.b.reserve == "full" else max(req.predicted_output, 1.0)
+        return self._blocks(req.prompt_tokens + out)
+
+    def kv_used(self) -> int:
+        """KV-cache tokens held now (block granular)."""
+        return sum(self._blocks(r.kv_tokens) for r in self.running)
+
+    # one iteration --------------------------------------------------------------------------------
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        decodes = [r for r in self.running if not r.in_prefill]
+        in_prefill = [r for r in self.running if r.in_prefill]
+        if self.b.chunked_prefill:
+            # stall-free: every decode runs; prefill chunks fill the rest of the token budget
+            out.decodes = decodes
+            room = max(self.budget - len(decodes), 0)
+            for r in in_prefill:
+                if room <= 0:
+                    break
+                c = min(r.prefill_target - r.prefilled, room)
+                out.prefills.append((r, c))
+                room -= c
+            while room > 0 and self.policy.waiting and len(self.running) < self.b.max_batch:
+                head = self.policy.peek()
+                if not self._fits(head):
+                    break
+                r = self._admit(now)
+                out.admitted.append(r)
+                c = min(r.prefill_target - r.prefilled, room)
+                out.prefills.append((r, c))
+                room -= c
+        else:
+            # the VTC artifact's engine: new requests are looked at every `admit_every` decode steps (or when
+            # idle); admitted prompts are prefilled whole in an iteration of their own, pausing decodes
+            if in_prefill:
+                out.prefills = [(r, r.prefill_target - r.prefilled) for r in in_prefill]
+            elif self.policy.waiting and (not decodes or self.decode_iters >= self.b.admit_every):
+                self.decode_iters = 0
+                while self.policy.waiting and len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
+                    r = self._admit(now)
+                    out.admitted.append(r)
+                    out.prefills.append((r, r.prefill_target - r.prefilled))
+            if not out.prefills:
+                out.decodes = decodes
+        self._make_room(out)
+        return out
+
+    def _fits(self, req: Request) -> bool:
+        return self.reserved + self._reservation(req) <= self.kv_capacity
+
+    def _admit(self, now: float) -> Request:
+        r = self.policy.pop(now)
+        batch_kv = sum(x.kv_tokens for x in self.running)
+        r.predicted_gpu_s, _, _ = MoPE.predict_resources(self.profile, r.prompt_tokens, r.predicted_output,
+                                                         len(self.running), batch_kv)
+        self.running.append(r)
+        self.running_by_client[r.client] += 1
+        self.reserved += self._reservation(r)
+        if r.admitted is None:
+            r.admitted = now
+        self.policy.on_admit(r, now)
+        return r
+
+    def _make_room(self, out: SchedulerOutput) -> None:
+        """Preempt the latest-admitted requests while this iteration would overflow the KV cache."""
+        if self.b.reserve == "full":
+            return  # every admitted request holds a reservation for its whole output: it always fits
+
+        def need() -> int:
+            grow = {id(r): c for r, c in out.prefills}
+            for r in out.decodes:
+                grow[id(r)] = grow.get(id(r), 0) + 1
+            return sum(self._blocks(r.kv_tokens + grow.get(id(r), 0)) for r in self.running)
+
+        while need() > self.kv_capacity and len(self.running) > 1:
+            victim = self.running[-1]
+            self._evict(victim)
+            out.prefills = [(r, c) for r, c in out.prefills if r is not victim]
+            out.decodes = [r for r in out.decodes if r is not victim]
+            out.admitted = [r for r in out.admitted if r is not victim]
+            out.preempted.append(victim)
+
+    def _evict(self, r: Request) -> None:
+        self.running.remove(r)
+        self.running_by_client[r.client] -= 1
+        self.reserved -= self._reservation(r)
+        r.prefilled = 0   # recompute: its KV is dropped, prompt + generated tokens are prefilled again
+        r.decoded = 0
+        r.preemptions += 1
+        self.preemptions += 1
+        self.policy.requeue_front(r, self.running_by_client)
+
+    def quiet_steps(self, out: SchedulerOutput) -> int:
+        """How many identical decode-only iterations can be folded into this one (no decision in between)."""
+        if out.prefills or not out.decodes or out.admitted or out.preempted:
+            return 1
+        k = min(r.output_tokens - r.generated for r in out.decodes)
+        if self.policy.waiting:
+            if self.b.chunked_prefill:
+                return 1
+            k = min(k, max(self.b.admit_every - self.decode_iters, 1))
+        if self.b.reserve != "full":
+            free = self.kv_capacity - self.kv_used()
+            k = min(k, max(free // max(len(out.decodes), 1) - self.profile.block_tokens, 1))
+        if self.b.adaptive:
+            k = min(k, 8)
+        return max(int(k), 1)
+
+    # results ----------------------------------------------------------------------------------
+    def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, float]:
+        """Apply an iteration that ended at `now` and took `dt` seconds in total; returns GPU-seconds per client."""
+        k = out.steps
+        work: dict[int, float] = {}
+        tokens: dict[str, list] = {}
+        for r, c in out.prefills:
+            r.prefilled += c
+            work[id(r)] = work.get(id(r), 0.0) + c
+            if not r.in_prefill:  # prefill complete: it emits a token
+                self._emit(r, 1, now, tokens)
+        for r in out.decodes:
+            r.decoded += k
+            work[id(r)] = work.get(id(r), 0.0) + k
+            self._emit(r, k, now, tokens)
+        for req, n in tokens.values():  # one charge per client (a client's requests share its weight)
+            self.policy.on_tokens(req, n, now)
+        if out.decodes and not out.prefills:
+            self.decode_iters += k
+        total = sum(work.values()) or 1.0
+        gpu: dict[str, float] = defaultdict(float)
+        for r in [r for r, _ in out.prefills] + out.decodes:
+            if id(r) in work:
+                gpu[r.client] += dt * work.pop(id(r)) / total / r.weight
+        self.policy.on_iteration(gpu, now)
+        if self.b.adaptive and out.decodes:
+            self._adapt(dt / k)
+        done = [r for r in self.running if r.done]
+        for r in done:
+            self.running.remove(r)
+            self.running_by_client[r.client] -= 1
+            self.reserved -= self._reservation(r)
+            r.finished = now
+            self.finished.append(r)
+            self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
+            self.policy.on_finish(r, now)
+        return gpu
+
+    def _emit(self, r: Request, n: int, now: float, tokens: dict[str, list]) -> None:
+        n = min(n, r.output_tokens - r.generated)
+        if n <= 0:
+            return
+        if r.first_token is None:
+            r.first_token = now
+        r.generated += n
+        if r.client in tokens:
+            tokens[r.client][1] += n
+        else:
+            tokens[r.client] = [r, n]
+
+    def _adapt(self, step_s: float) -> None:
+        """AIMD on the token budget: shrink when steps exceed the TBT target, grow while requests wait."""
+        if step_s > self.b.tbt_target_s:
+            self.budget = max(64, int(self.budget * 0.8))
+        elif self.policy.waiting:
+            self.budget = min(self.b.token_budget * 4, self.budget + 32)
