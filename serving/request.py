@@ -21,6 +21,7 @@ class Request:
     output_tokens: int            # tokens it will generate (known to the simulator; policies may only predict)
     weight: float = 1.0           # the client's weight (higher: larger fair share)
     deadline: float | None = None # optional latency target for the whole request (seconds after arrival)
+    max_new_tokens: int | None = None  # the generation cap the client asked for (None: exactly output_tokens)
     # life in the engine
     predicted_output: float = 0.0 # what the predictor said at arrival
     predicted_gpu_s: float = 0.0  # GPU-seconds the predictor attributed to it at admission
@@ -42,8 +43,16 @@ class Request:
                 raise RequestError(f"request {self.rid} ({self.client}): {name} must be a positive integer, got {v!r}")
         if not (isinstance(self.arrival, (int, float)) and math.isfinite(self.arrival) and self.arrival >= 0):
             raise RequestError(f"request {self.rid} ({self.client}): arrival must be a finite time >= 0, got {self.arrival!r}")
+        if self.max_new_tokens is not None and self.max_new_tokens < self.output_tokens:
+            raise RequestError(f"request {self.rid} ({self.client}): max_new_tokens {self.max_new_tokens} is below "
+                               f"its output of {self.output_tokens} tokens")
         if not (isinstance(self.weight, (int, float)) and self.weight > 0 and math.isfinite(self.weight)):
             raise RequestError(f"request {self.rid} ({self.client}): weight must be positive, got {self.weight!r}")
+
+    @property
+    def max_output(self) -> int:
+        """What an engine that cannot predict must reserve for: the cap, or the exact length when there is none."""
+        return self.max_new_tokens if self.max_new_tokens is not None else self.output_tokens
 
     @property
     def prefill_target(self) -> int:

@@ -18,14 +18,11 @@ def simulate(requests: list[Request], policy: str, profile: str = "a100-llama2-7
              behaviour: dict | None = None, policy_kw: dict | None = None, progress=None) -> SimResult:
     """Simulate a fresh copy of the requests (callers can reuse their list across policies)."""
     prof = get_profile(profile)
-    pol_cls = make_policy(policy, **(policy_kw or {}))
+    pol = make_policy(policy, **(policy_kw or {}))
     if behaviour:
-        pol_cls.behaviour = dataclasses.replace(pol_cls.behaviour, **behaviour)
-        EngineBehaviour.__post_init__(pol_cls.behaviour)
-    if hasattr(pol_cls, "token_rate"):
-        step, _ = prof.iteration([], 1, 512)
-        pol_cls.token_rate = 1.0 / step
-    sched = Scheduler(pol_cls, prof, MoPE())
+        pol.behaviour = dataclasses.replace(pol.behaviour, **behaviour)
+        EngineBehaviour.__post_init__(pol.behaviour)
+    sched = Scheduler(pol, prof, MoPE())
     reqs = [copy.copy(r) for r in requests]
     for r in reqs:
         r.token_times = []

@@ -63,7 +63,7 @@ class Scheduler:
         return int(math.ceil(tokens / bt)) * bt
 
     def _reservation(self, req: Request) -> int:
-        out = req.output_tokens if self.b.reserve == "full" else max(req.predicted_output, 1.0)
+        out = req.max_output if self.b.reserve == "full" else max(req.predicted_output, 1.0)
         return self._blocks(req.prompt_tokens + out)
 
     def kv_used(self) -> int:
@@ -115,6 +115,8 @@ class Scheduler:
 
     def _admit(self, now: float) -> Request:
         r = self.policy.pop(now)
+        # predict again at admission: the history has grown since the request arrived
+        r.predicted_output = max(1.0, self.predictor.predict_output(r.client, r.prompt_tokens))
         batch_kv = sum(x.kv_tokens for x in self.running)
         r.predicted_gpu_s, _, _ = MoPE.predict_resources(self.profile, r.prompt_tokens, r.predicted_output,
                                                          len(self.running), batch_kv)

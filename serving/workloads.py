@@ -118,8 +118,10 @@ def suite_workload(name: str, seed: int = 1, duration: float | None = None) -> W
 
 def lmsys_workload(path: Path = DATA / "lmsys_arena_vtc_1500.json") -> Workload:
     rows = json.loads(Path(path).read_text())
-    reqs = [Request(i, r["client"], float(r["t"]), int(r["in"]), int(r["out"])) for i, r in enumerate(rows)]
-    return Workload("lmsys", reqs, {}, {"source": str(path)})
+    # clients of the arena asked for up to 1024 new tokens (all outputs in the trace are below that)
+    reqs = [Request(i, r["client"], float(r["t"]), int(r["in"]), int(r["out"]), max_new_tokens=1024)
+            for i, r in enumerate(rows)]
+    return Workload("lmsys", reqs, {}, {"source": str(path), "max_new_tokens": 1024})
 
 
 def sharegpt_workload(n: int = 2000, rate: float = 2.0, clients: int = 8, arrival: str = "poisson", cv: float = 2.0,
@@ -145,8 +147,8 @@ def sharegpt_workload(n: int = 2000, rate: float = 2.0, clients: int = 8, arriva
         p, o = rows[pick[i]]
         p = max(1, min(p, max_tokens - 1))
         o = max(1, min(o, max_tokens - p))
-        reqs.append(Request(i, f"user{who[i]}", float(t[i]), p, o))
-    return Workload("sharegpt", reqs, {}, {"rate": rate, "clients": clients, "arrival": arrival})
+        reqs.append(Request(i, f"user{who[i]}", float(t[i]), p, o, max_new_tokens=max(o, min(2048, max_tokens - p))))
+    return Workload("sharegpt", reqs, {}, {"rate": rate, "clients": clients, "arrival": arrival, "max_new_tokens": 2048})
 
 
 def load_trace_file(path: str | Path) -> Workload:

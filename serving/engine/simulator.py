@@ -45,8 +45,8 @@ class Simulator:
         self.reqs = sorted(requests, key=lambda r: (r.arrival, r.rid))
         cap = scheduler.kv_capacity
         for r in self.reqs:
-            if r.prompt_tokens + r.output_tokens > cap:
-                raise RequestError(f"request {r.rid} ({r.client}): {r.prompt_tokens}+{r.output_tokens} tokens can "
+            if r.prompt_tokens + r.max_output > cap:
+                raise RequestError(f"request {r.rid} ({r.client}): {r.prompt_tokens}+{r.max_output} tokens can "
                                    f"never fit the KV cache of {cap} tokens")
         self.clients = sorted({r.client for r in self.reqs})
         self.cidx = {c: i for i, c in enumerate(self.clients)}

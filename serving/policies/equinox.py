@@ -1,8 +1,9 @@
 """Equinox: holistic fairness = alpha * user fairness + beta * resource fairness (docs/equinox.md).
 
-User Fairness Counter (UFC): the VTC weighted-token counter (same charges, same lift) minus a credit for the
-latency the client's requests have experienced (seconds waited before admission, converted to tokens at the
-engine's single-stream decode rate), so clients that waited long move forward.
+User Fairness Counter (UFC): the VTC weighted-token counter (same charges, same lift) minus a bounded credit for
+latency: the client's recent mean wait before admission relative to the mean over all clients, clipped to
+[-1, 1] and scaled by latency_weight typical requests, so clients that have waited longer than others move
+forward without loosening the counter's fairness bound by more than 2 * latency_weight requests' worth of tokens.
 Resource Fairness Counter (RFC): GPU-seconds consumed by the client: the MoPE prediction is charged at
 admission (before execution) and replaced by the measured attribution of iteration time as tokens are produced.
 Both are normalised by running per-request scales (typical tokens and GPU-seconds of one request), and the
@@ -24,7 +25,7 @@ class EquinoxConfig:
 
     alpha: float = 1.0             # user fairness weight
     beta: float = 1.0              # resource fairness weight
-    latency_weight: float = 0.5    # tokens credited per token-time waited (0: no latency term)
+    latency_weight: float = 0.5    # at most this many typical requests' worth of tokens credited for waiting
 
     def __post_init__(self) -> None:
         for k in ("alpha", "beta", "latency_weight"):
@@ -37,16 +38,15 @@ class EquinoxConfig:
 class EquinoxPolicy(VTCPolicy):
     name = "equinox"
 
-    def __init__(self, behaviour: EngineBehaviour | None = None, config: EquinoxConfig | None = None,
-                 token_rate: float = 25.0, **kw):
+    def __init__(self, behaviour: EngineBehaviour | None = None, config: EquinoxConfig | None = None, **kw):
         super().__init__(behaviour, **kw)
         self.cfg = config or EquinoxConfig()
-        self.token_rate = token_rate          # tokens/s of one stream: converts waiting seconds to tokens
-        self.wait_credit: dict[str, float] = {}
+        self.wait: dict[str, float] = {}      # per-client running mean wait before admission (s)
+        self.wait_all = 0.0                   # running mean over everyone
         self.rfc: dict[str, float] = {}
         self.scale_u = 256.0                  # typical tokens charged per request (running mean)
         self.scale_r = 1.0                    # typical GPU-seconds per request (running mean)
-        self._scales_at_build = (self.scale_u, self.scale_r)
+        self._built = (self.scale_u, self.scale_r, self.wait_all)
         self._n = 0
 
     @classmethod
@@ -54,7 +54,11 @@ class EquinoxPolicy(VTCPolicy):
         return EngineBehaviour(chunked_prefill=True, token_budget=512, reserve="predicted", adaptive=True)
 
     def ufc(self, client: str) -> float:
-        return self.counter.get(client, 0.0) - self.cfg.latency_weight * self.wait_credit.get(client, 0.0)
+        c = self.counter.get(client, 0.0)
+        if self.cfg.latency_weight == 0 or self.wait_all <= 0:
+            return c
+        rel = self.wait.get(client, self.wait_all) / self.wait_all - 1.0
+        return c - self.cfg.latency_weight * self.scale_u * max(-1.0, min(1.0, rel))
 
     def priority(self, client: str) -> float:
         return (self.cfg.alpha * self.ufc(client) / self.scale_u
@@ -66,16 +70,20 @@ class EquinoxPolicy(VTCPolicy):
         a = 1.0 / min(self._n, 100)
         self.scale_u += a * (max(tokens, 1.0) - self.scale_u)
         self.scale_r += a * (max(gpu_s, 1e-6) - self.scale_r)
-        u0, r0 = self._scales_at_build
-        if abs(self.scale_u / u0 - 1) > 0.05 or abs(self.scale_r / r0 - 1) > 0.05:
-            self._scales_at_build = (self.scale_u, self.scale_r)
+        u0, r0, w0 = self._built
+        drift = abs(self.scale_u / u0 - 1) > 0.05 or abs(self.scale_r / r0 - 1) > 0.05
+        if self.cfg.latency_weight and self.wait_all > 0:
+            drift = drift or w0 <= 0 or abs(self.wait_all / w0 - 1) > 0.05
+        if drift:
+            self._built = (self.scale_u, self.scale_r, self.wait_all)
             for c, q in self.queues.items():
                 if q:
                     self.heap.set(c, self.priority(c))
 
     def on_admit(self, req, now):
         wait = now - req.arrival
-        self.wait_credit[req.client] = self.wait_credit.get(req.client, 0.0) + wait * self.token_rate / req.weight
+        self.wait[req.client] = 0.8 * self.wait.get(req.client, wait) + 0.2 * wait
+        self.wait_all = 0.95 * self.wait_all + 0.05 * wait if self.wait_all else wait
         self.rfc[req.client] = self.rfc.get(req.client, 0.0) + req.predicted_gpu_s / req.weight
         self._rescale(self.w_p * req.prompt_tokens + self.w_q * req.predicted_output, req.predicted_gpu_s)
         super().on_admit(req, now)

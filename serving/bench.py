@@ -1,0 +1,117 @@
+"""`python -m serving bench`: policies side by side on one workload, ratios against VTC, PNG plots."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from serving.metrics import Summary, jain_over_time, summarize, windowed_service
+from serving.run import simulate
+from serving.workloads import Workload
+
+ABLATIONS = {
+    "no-chunked": {"chunked_prefill": False},   # whole-prompt prefills that stall decodes
+    "no-adaptive": {"adaptive": False},          # fixed token budget
+    "full-reserve": {"reserve": "full"},         # reserve max_new_tokens instead of the predicted output
+}
+
+
+def run_bench(wl: Workload, policies: list[str], profile: str, ablate: list[str] | None = None,
+              progress: bool = True) -> dict[str, tuple[Summary, object, float]]:
+    variants: list[tuple[str, str, dict]] = [(p, p, {}) for p in policies]
+    for a in ablate or []:
+        if a not in ABLATIONS:
+            raise ValueError(f"unknown ablation: {a!r} (known: {', '.join(ABLATIONS)})")
+        variants.append((f"equinox/{a}", "equinox", ABLATIONS[a]))
+    results = {}
+    for label, pol, beh in variants:
+        bar = tqdm(total=len(wl.requests), desc=f"{wl.name}: {label}", unit="req", disable=not progress, leave=False)
+        t0 = time.perf_counter()
+        res = simulate(wl.requests, pol, profile, behaviour=beh, progress=bar)
+        wall = time.perf_counter() - t0
+        bar.close()
+        results[label] = (summarize(res), res, wall)
+    return results
+
+
+def format_table(results, base: str = "vtc") -> str:
+    b = results.get(base, (None,))[0]
+
+    def ratio(x, y):
+        return f"{x / y:5.2f}x" if b is not None and y else "   - "
+
+    head = (f"{'policy':<22} {'tok/s':>8} {'vs VTC':>7} {'TTFT s':>8} {'vs VTC':>7} {'p99 TTFT':>9} {'Jain':>6} "
+            f"{'vs VTC':>7} {'GPU util':>8} {'gap/bound':>9} {'preempt':>7} {'req/wall s':>10}")
+    lines = [head, "-" * len(head)]
+    for label, (s, _, wall) in results.items():
+        lines.append(
+            f"{label:<22} {s.throughput_tok_s:8.1f} {ratio(s.throughput_tok_s, b.throughput_tok_s if b else 0):>7} "
+            f"{s.ttft_mean:8.2f} {ratio(s.ttft_mean, b.ttft_mean if b else 0):>7} {s.ttft_p99:9.2f} {s.jain:6.3f} "
+            f"{ratio(s.jain, b.jain if b else 0):>7} {s.gpu_util * 100:7.1f}% {s.max_gap / s.vtc_bound:9.2f} "
+            f"{s.preemptions:7d} {s.requests / wall:10.0f}")
+    return "\n".join(lines)
+
+
+def plot(results, outdir: str | Path, title: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = []
+    n = len(results)
+    fig, axes = plt.subplots(n, 1, figsize=(9, 2.4 * n), sharex=True, squeeze=False)
+    for ax, (label, (s, res, _)) in zip(axes[:, 0], results.items()):
+        t, rate = windowed_service(res, 10.0)
+        top = np.argsort(-rate.sum(axis=0))[:8]
+        for c in top:
+            ax.plot(t, rate[:, c], label=res.clients[c])
+        ax.set_ylabel("service/s")
+        ax.set_title(f"{label}: service rate per client (10 s windows)", fontsize=9)
+        if len(top) <= 8:
+            ax.legend(fontsize=6, ncol=4)
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.suptitle(title)
+    files.append(out / "service_over_time.png")
+    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, (s, res, _) in results.items():
+        x = np.sort([r.ttft for r in res.requests if r.ttft is not None])
+        ax.plot(x, np.linspace(0, 1, len(x)), label=label)
+    ax.set_xscale("symlog", linthresh=0.1)
+    ax.set_xlabel("TTFT (s)")
+    ax.set_ylabel("CDF")
+    ax.set_title(f"{title}: time to first token")
+    ax.legend(fontsize=7)
+    files.append(out / "ttft_cdf.png")
+    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    for label, (s, res, _) in results.items():
+        t, j = jain_over_time(res, 10.0)
+        ax.plot(t, j, label=label)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("Jain's index")
+    ax.set_title(f"{title}: Jain's index over active clients (10 s windows)")
+    ax.legend(fontsize=7)
+    files.append(out / "jain_over_time.png")
+    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return files
+
+
+def to_json(results) -> dict:
+    out = {}
+    for label, (s, _, wall) in results.items():
+        d = asdict(s)
+        d["wall_s"] = wall
+        out[label] = d
+    return out
