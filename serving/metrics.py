@@ -17,9 +17,10 @@ def jain(x: np.ndarray) -> float:
     return float(x.sum() ** 2 / (len(x) * (x * x).sum()))
 
 
-def vtc_bound(max_input: int, max_output: int, w_p: float = 1.0, w_q: float = 2.0) -> float:
-    """VTC's bound on the service difference between backlogged clients: 2 * max(w_p * L_input, w_q * M)."""
-    return 2.0 * max(w_p * max_input, w_q * max_output)
+def vtc_bound(max_input: int, batch_tokens: int, w_p: float = 1.0, w_q: float = 2.0) -> float:
+    """VTC's bound (Sheng et al., Thm. 4.4) on the service difference between backlogged clients:
+    2 * max(w_p * L_input, w_q * M), L_input the longest prompt, M the most tokens a running batch can hold."""
+    return 2.0 * max(w_p * max_input, w_q * batch_tokens)
 
 
 def max_service_gap(res: SimResult) -> float:
@@ -128,7 +129,6 @@ def summarize(res: SimResult) -> Summary:
             by_client[c] = {"n": int(len(x)), "mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
                             "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}
     max_in = max(r.prompt_tokens for r in res.requests)
-    max_out = max(r.output_tokens for r in res.requests)
     _, jt = jain_over_time(res)
     return Summary(
         requests=len(res.requests), finished=len(done), makespan_s=res.makespan,
@@ -138,7 +138,7 @@ def summarize(res: SimResult) -> Summary:
         ttft_p90=float(np.nanpercentile(ttft, 90)), ttft_p99=float(np.nanpercentile(ttft, 99)),
         latency_mean=float(np.nanmean(lat)), tbt_p50=tbt50, tbt_p99=tbt99,
         jain=jain(rate[active_time > 0]), jain_time_mean=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
-        max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, max_out),
+        max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, res.kv_capacity),
         gpu_util=res.compute / res.makespan if res.makespan else 0.0, preemptions=res.preemptions,
         kv_peak=res.kv_peak, kv_capacity=res.kv_capacity, ttft_by_client=by_client,
     )

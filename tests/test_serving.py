@@ -1,0 +1,242 @@
+"""Equinox, VTC and FCFS: counter arithmetic by hand, fairness bounds, equivalences, engine invariants, bad input."""
+
+import json
+
+import pytest
+
+from serving.engine.profiles import get_profile
+from serving.engine.simulator import Simulator
+from serving.metrics import jain, summarize, vtc_bound
+from serving.policies import EquinoxConfig, make_policy
+from serving.policies.base import EngineBehaviour
+from serving.predictors import MoPE, SingleModel, online_l1
+from serving.request import Request, RequestError
+from serving.run import simulate
+from serving.scheduler import Scheduler
+from serving.workloads import SUITES, load_trace_file, load_workload, suite_workload
+
+R = Request
+
+
+# VTC counter arithmetic (hand-computed) ---------------------------------------------------------------
+def test_vtc_charges_prompt_at_admission_and_tokens_as_produced():
+    p = make_policy("vtc")
+    a = R(0, "a", 0.0, 100, 10)
+    b = R(1, "b", 0.0, 40, 10, weight=2.0)
+    p.add(a, 0.0, {})
+    p.add(b, 0.0, {})
+    assert p.counter == {"a": 0.0, "b": 0.0}
+    first = p.pop(0.0)               # tie at 0: client name order
+    assert first is a
+    p.on_admit(a, 0.0)
+    assert p.counter["a"] == 100.0   # w_p * 100
+    assert p.pop(0.0) is b
+    p.on_admit(b, 0.0)
+    assert p.counter["b"] == 20.0    # w_p * 40 / weight 2
+    p.on_tokens(a, 3, 1.0)
+    p.on_tokens(b, 3, 1.0)
+    assert p.counter == {"a": 106.0, "b": 23.0}  # + w_q * 3, + w_q * 3 / 2
+
+
+def test_vtc_lift_to_min_of_waiting_clients():
+    p = make_policy("vtc")
+    p.counter.update({"a": 50.0, "b": 80.0, "c": 10.0})
+    p.add(R(0, "a", 0.0, 1, 1), 0.0, {})
+    p.add(R(1, "b", 0.0, 1, 1), 0.0, {})
+    # c becomes backlogged while a (50) and b (80) wait: lifted to 50
+    p.add(R(2, "c", 1.0, 1, 1), 1.0, {})
+    assert p.counter["c"] == 50.0
+    # a counter above the minimum is never lowered
+    p.counter["d"] = 70.0
+    p.add(R(3, "d", 1.0, 1, 1), 1.0, {})
+    assert p.counter["d"] == 70.0
+    # a second request from an already-backlogged client does not lift
+    p.counter["c"] = 0.0
+    p.add(R(4, "c", 2.0, 1, 1), 2.0, {})
+    assert p.counter["c"] == 0.0
+
+
+def test_vtc_lift_when_no_other_client_waits():
+    p = make_policy("vtc")
+    p.counter.update({"a": 5.0, "b": 40.0, "c": 90.0})
+    # nobody waits; b and c have requests running: lift to the minimum running counter (40)
+    p.add(R(0, "a", 0.0, 1, 1), 0.0, {"b": 1, "c": 2, "a": 0})
+    assert p.counter["a"] == 40.0
+    # nobody waits and nobody else runs: the counter is kept
+    q = make_policy("vtc")
+    q.counter["a"] = 5.0
+    q.add(R(0, "a", 0.0, 1, 1), 0.0, {"a": 1})
+    assert q.counter["a"] == 5.0
+
+
+def test_vtc_predicted_corrects_to_actual():
+    p = make_policy("vtc-pred")
+    r = R(0, "a", 0.0, 10, 30)
+    r.predicted_output = 20.0
+    p.add(r, 0.0, {})
+    p.pop(0.0)
+    p.on_admit(r, 0.0)
+    assert p.counter["a"] == 10 + 2 * 20
+    p.on_tokens(r, 30, 1.0)
+    p.on_finish(r, 1.0)
+    assert p.counter["a"] == 10 + 2 * 30
+
+
+# fairness on the VTC suites -------------------------------------------------------------------------
+@pytest.mark.parametrize("suite", ["overload", "overload-multi", "on_off_overload"])
+def test_vtc_bound_holds_under_overload(suite):
+    bound = vtc_bound(256, 10_000)  # longest prompt 256, A10G batch holds 10,000 tokens
+    assert bound == 40_000
+    gaps = {}
+    for dur in (150.0, 300.0):
+        wl = suite_workload(suite, duration=dur)
+        v = summarize(simulate(wl.requests, "vtc", "a10g-llama-7b"))
+        f = summarize(simulate(wl.requests, "fcfs", "a10g-llama-7b"))
+        assert v.max_gap <= bound == v.vtc_bound
+        gaps[dur] = (v.max_gap, f.max_gap)
+    # FCFS's gap grows with the run; VTC's does not
+    assert gaps[300.0][1] > 1.5 * gaps[150.0][1] and gaps[300.0][1] > bound
+    assert gaps[300.0][0] <= 1.2 * gaps[150.0][0] + 1024
+
+
+def test_weighted_vtc_serves_in_proportion():
+    wl = suite_workload("overload-weighted", duration=120.0)
+    res = simulate(wl.requests, "vtc", "a10g-llama-7b")
+    served = {c: sum(2 * r.generated for r in res.requests if r.client == c and r.admitted is not None and r.admitted < 100)
+              for c in ("client0", "client1")}
+    assert 1.6 < served["client1"] / served["client0"] < 2.4, served
+
+
+def test_equinox_with_beta_zero_is_vtc():
+    wl = suite_workload("proportional", duration=120.0)
+    beh = dict(EngineBehaviour(chunked_prefill=False, admit_every=10, reserve="full").__dict__)
+    a = simulate(wl.requests, "vtc", "a10g-llama-7b")
+    b = simulate(wl.requests, "equinox", "a10g-llama-7b", behaviour=beh,
+                 policy_kw={"config": EquinoxConfig(alpha=1.0, beta=0.0, latency_weight=0.0)})
+    order_a = sorted((r.admitted, r.rid) for r in a.requests)
+    order_b = sorted((r.admitted, r.rid) for r in b.requests)
+    assert order_a == order_b
+    # while the resource and latency terms do change it where requests differ in cost (the test can fail)
+    wl2 = suite_workload("poisson_short_long", duration=60.0)
+    v = simulate(wl2.requests, "vtc", "a10g-llama-7b")
+    e = simulate(wl2.requests, "equinox", "a10g-llama-7b", behaviour=beh)
+    assert sorted((r.admitted, r.rid) for r in e.requests) != sorted((r.admitted, r.rid) for r in v.requests)
+
+
+# predictors ---------------------------------------------------------------------------------------
+def test_mope_is_deterministic_and_beats_the_single_model():
+    reqs = load_workload("lmsys").requests
+    m1, m2 = MoPE(), MoPE()
+    for r in reqs[:300]:
+        m1.observe(r.client, r.prompt_tokens, r.output_tokens)
+        m2.observe(r.client, r.prompt_tokens, r.output_tokens)
+    preds1 = [m1.predict_output(r.client, r.prompt_tokens) for r in reqs[300:400]]
+    assert preds1 == [m2.predict_output(r.client, r.prompt_tokens) for r in reqs[300:400]]
+    assert preds1 == [m1.predict_output(r.client, r.prompt_tokens) for r in reqs[300:400]]  # no state change
+    assert online_l1(reqs, MoPE()) < online_l1(reqs, SingleModel())
+
+
+# engine invariants -----------------------------------------------------------------------------------
+def _run_checked(requests, policy, profile, behaviour=None):
+    """Run the simulator iteration by iteration, checking budget and KV invariants at every step."""
+    prof = get_profile(profile)
+    pol = make_policy(policy)
+    if behaviour:
+        pol.behaviour = EngineBehaviour(**{**pol.behaviour.__dict__, **behaviour})
+    sched = Scheduler(pol, prof)
+    orig = sched.schedule
+    seen = {"iters": 0, "max_tokens": 0}
+
+    def schedule(now):
+        out = orig(now)
+        if pol.behaviour.chunked_prefill:
+            tokens = len(out.decodes) + sum(c for _, c in out.prefills)
+            assert sum(c for _, c in out.prefills) <= max(sched.budget - len(out.decodes), 0), "budget exceeded"
+            seen["max_tokens"] = max(seen["max_tokens"], tokens)
+        grow = {id(r): c for r, c in out.prefills}
+        for r in out.decodes:
+            grow[id(r)] = grow.get(id(r), 0) + 1
+        after = sum(sched._blocks(r.kv_tokens + grow.get(id(r), 0)) for r in sched.running)
+        assert after <= sched.kv_capacity, f"KV {after} > capacity {sched.kv_capacity}"
+        seen["iters"] += 1
+        return out
+
+    sched.schedule = schedule
+    res = Simulator(sched, requests).run()
+    return res, seen
+
+
+@pytest.mark.parametrize("policy,profile", [("equinox", "a10g-llama-7b"), ("vtc", "a10g-llama-7b"),
+                                            ("equinox", "a100-llama2-7b")])
+def test_budget_and_kv_never_exceeded(policy, profile):
+    wl = load_workload("sharegpt", n=300, rate=4.0)
+    for r in wl.requests:  # fit the small A10G cache
+        r.prompt_tokens = min(r.prompt_tokens, 3000)
+        r.output_tokens = min(r.output_tokens, 1000)
+        r.max_new_tokens = 1000
+    res, seen = _run_checked(wl.requests, policy, profile)
+    assert seen["iters"] > 100
+    assert all(r.finished is not None and r.generated == r.output_tokens for r in res.requests)
+    assert res.kv_peak <= res.kv_capacity
+
+
+def test_chunked_prefill_respects_budget_exactly():
+    reqs = [R(i, f"c{i % 3}", 0.01 * i, 1500, 20) for i in range(30)]
+    res, seen = _run_checked(reqs, "equinox", "a100-llama2-7b", {"adaptive": False, "token_budget": 256})
+    assert seen["max_tokens"] == 256  # the budget is used fully and never exceeded
+
+
+# bad input ---------------------------------------------------------------------------------------------
+def test_bad_requests_rejected():
+    with pytest.raises(RequestError, match="prompt_tokens"):
+        R(0, "a", 0.0, -5, 10)
+    with pytest.raises(RequestError, match="output_tokens"):
+        R(0, "a", 0.0, 5, 0)
+    with pytest.raises(RequestError, match="weight"):
+        R(0, "a", 0.0, 5, 5, weight=0)
+    with pytest.raises(RequestError, match="max_new_tokens"):
+        R(0, "a", 0.0, 5, 50, max_new_tokens=10)
+    with pytest.raises(RequestError, match="never fit"):
+        simulate([R(0, "a", 0.0, 9000, 2000)], "vtc", "a10g-llama-7b")
+
+
+def test_unknown_names():
+    with pytest.raises(ValueError, match="unknown policy: 'wfq'"):
+        make_policy("wfq")
+    with pytest.raises(ValueError, match="unknown profile"):
+        get_profile("h100")
+    with pytest.raises(ValueError, match="unknown workload"):
+        load_workload("nope")
+
+
+def test_trace_files(tmp_path):
+    good = tmp_path / "t.jsonl"
+    good.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 1.5, "client": "b", "in": 3, "out": 2, "weight": 2}\n')
+    wl = load_trace_file(good)
+    assert [(r.client, r.prompt_tokens, r.output_tokens, r.weight) for r in wl.requests] == [("a", 5, 7, 1.0), ("b", 3, 2, 2.0)]
+    csvf = tmp_path / "t.csv"
+    csvf.write_text("t,client,in,out\n0.5,x,10,20\n")
+    assert load_trace_file(csvf).requests[0].output_tokens == 20
+    cases = {
+        "neg.jsonl": ('{"t": 0, "client": "a", "in": -1, "out": 7}\n', ":1: fields 'in' and 'out'"),
+        "missing.jsonl": ('{"t": 0, "client": "a", "in": 1}\n', ":1: field 'out' missing"),
+        "bad.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1}\n{oops\n', ":2: malformed JSON"),
+        "w.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": -2}\n', "field 'weight' must be positive"),
+        "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: fields t/in/out must be numbers"),
+        "obj.json": (json.dumps({"t": 0}), "expected a JSON list"),
+    }
+    for name, (text, msg) in cases.items():
+        p = tmp_path / name
+        p.write_text(text)
+        with pytest.raises(RequestError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            load_trace_file(p)
+
+
+def test_workloads_match_the_artifact_counts():
+    # the artifact's suites sent 1620 (overload, 360 s) and 1350 (proportional, on_off_less) requests
+    assert abs(len(suite_workload("overload").requests) - 1620) <= 2
+    assert abs(len(suite_workload("proportional").requests) - 1350) <= 4
+    assert abs(len(suite_workload("on_off_less").requests) - 1350) <= 2
+    assert set(SUITES) >= {"overload", "overload-multi", "overload-weighted", "proportional", "on_off_less",
+                           "on_off_overload", "increase", "poisson_short_long", "dist_shift"}
+    assert jain([1, 1, 1]) == 1.0 and jain([1, 0, 0]) == pytest.approx(1 / 3)
