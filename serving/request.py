@@ -27,6 +27,7 @@ class Request:
     predicted_gpu_s: float = 0.0  # GPU-seconds the predictor attributed to it at admission
     prefilled: int = 0            # prompt (and recomputed) tokens already prefilled
     decoded: int = 0              # decode steps since the last (re)prefill (their KV entries)
+    prefill_goal: int = 0         # tokens to prefill in this residency: prompt, plus generated ones after a preemption
     generated: int = 0            # output tokens produced
     admitted: float | None = None # first time it entered the running batch
     first_token: float | None = None
@@ -56,8 +57,8 @@ class Request:
 
     @property
     def prefill_target(self) -> int:
-        """Tokens to prefill before decoding: the prompt, plus generated tokens after a preemption (recompute)."""
-        return self.prompt_tokens + self.generated
+        """Tokens to prefill before decoding (fixed when the request enters the batch)."""
+        return self.prefill_goal
 
     @property
     def in_prefill(self) -> bool:

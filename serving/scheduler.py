@@ -120,6 +120,7 @@ class Scheduler:
         batch_kv = sum(x.kv_tokens for x in self.running)
         r.predicted_gpu_s, _, _ = MoPE.predict_resources(self.profile, r.prompt_tokens, r.predicted_output,
                                                          len(self.running), batch_kv)
+        r.prefill_goal = r.prompt_tokens + r.generated  # after a preemption the generated tokens are recomputed
         self.running.append(r)
         self.running_by_client[r.client] += 1
         self.reserved += self._reservation(r)
