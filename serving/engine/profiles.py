@@ -88,8 +88,8 @@ PROFILES: dict[ProfileName, Profile] = {
                                         **_LLAMA7B),
     # A10G-24GB: 600 GB/s nominal, 125 TFLOP/s fp16 tensor (AWS g5). VTC artifact: S-LoRA engine, KV pool of
     # 10,000 tokens. Overheads fitted to the artifact's measured throughput (docs/engine-calibration.md).
-    ProfileName.A10G_LLAMA_7B: Profile("A10G Llama-7B (S-LoRA)", hbm_bw=0.5e12, peak_flops=125e12, mfu=0.6,
-                                       iter_overhead_s=11.0e-3, seq_overhead_s=0.0, kv_capacity_tokens=10_000,
+    ProfileName.A10G_LLAMA_7B: Profile("A10G Llama-7B (S-LoRA)", hbm_bw=0.6e12, peak_flops=125e12, mfu=0.6,
+                                       iter_overhead_s=9.0e-3, seq_overhead_s=0.0, kv_capacity_tokens=10_000,
                                        **_LLAMA7B),
 }
 
