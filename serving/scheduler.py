@@ -108,6 +108,10 @@ class Scheduler:
             if not out.prefills:
                 out.decodes = decodes
         self._make_room(out)
+        if out.empty and self.running:
+            # the prompts admitted for a prefill-only iteration were evicted again to make KV room: decode instead
+            out.decodes = [r for r in self.running if not r.in_prefill]
+            self._make_room(out)
         return out
 
     def _fits(self, req: Request) -> bool:
