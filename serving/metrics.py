@@ -58,16 +58,20 @@ def windowed_service(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, 
 
 
 def jain_over_time(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
-    """Jain's index of weighted service among clients active in each window."""
+    """Jain's index of weighted service among the clients backlogged (requests waiting) for most of each window.
+
+    Fairness is about clients that compete: a client whose every request is served at once gets what it asks
+    for, whatever its share, so windows with fewer than two backlogged clients have no index (NaN).
+    """
     ends, rate = windowed_service(res, window)
     t = np.asarray(res.samples_t)
-    A = np.vstack(res.samples_active)
+    B = np.vstack(res.samples_backlog)
     weights = _weights(res)
     out = []
     for k, e in enumerate(ends):
         m = (t > e - window) & (t <= e)
-        act = A[m].any(axis=0) if m.any() else np.zeros(A.shape[1], bool)
-        out.append(jain(rate[k][act] / weights[act]) if act.sum() > 1 else np.nan)
+        back = B[m].mean(axis=0) >= 0.5 if m.any() else np.zeros(B.shape[1], bool)
+        out.append(jain(rate[k][back] / weights[back]) if back.sum() > 1 else np.nan)
     return ends, np.asarray(out)
 
 
@@ -90,11 +94,13 @@ class Summary:
     latency_mean: float
     tbt_p50: float
     tbt_p99: float
-    jain: float                      # over per-client weighted service per second of activity, whole run
-    jain_time_mean: float            # mean of Jain's index over 10 s windows
+    jain: float                      # mean Jain's index over 10 s windows with >= 2 backlogged clients (NaN: no contention)
+    jain_all: float                  # Jain over each client's weighted service per second of activity, whole run
+    contended: float                 # fraction of windows with >= 2 backlogged clients
     max_gap: float                   # max accumulated-service difference between backlogged clients
     vtc_bound: float
-    gpu_util: float                  # tensor-core busy fraction over the makespan
+    gpu_util: float                  # fraction of time the GPU runs iterations (what NVML's utilization.gpu reports)
+    sm_util: float                   # tensor-core work / time: compute time of the iterations over the makespan
     preemptions: int
     kv_peak: int
     kv_capacity: int
@@ -137,8 +143,10 @@ def summarize(res: SimResult) -> Summary:
         ttft_mean=float(np.nanmean(ttft)), ttft_p50=float(np.nanpercentile(ttft, 50)),
         ttft_p90=float(np.nanpercentile(ttft, 90)), ttft_p99=float(np.nanpercentile(ttft, 99)),
         latency_mean=float(np.nanmean(lat)), tbt_p50=tbt50, tbt_p99=tbt99,
-        jain=jain(rate[active_time > 0]), jain_time_mean=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
+        jain=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
+        jain_all=jain(rate[active_time > 0]), contended=float(np.isfinite(jt).mean()) if len(jt) else 0.0,
         max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, res.kv_capacity),
-        gpu_util=res.compute / res.makespan if res.makespan else 0.0, preemptions=res.preemptions,
+        gpu_util=res.busy / res.makespan if res.makespan else 0.0,
+        sm_util=res.compute / res.makespan if res.makespan else 0.0, preemptions=res.preemptions,
         kv_peak=res.kv_peak, kv_capacity=res.kv_capacity, ttft_by_client=by_client,
     )

@@ -63,7 +63,8 @@ class Scheduler:
         return int(math.ceil(tokens / bt)) * bt
 
     def _reservation(self, req: Request) -> int:
-        out = req.max_output if self.b.reserve == "full" else max(req.predicted_output, 1.0)
+        out = req.max_output if self.b.reserve == "full" else \
+            min(max(req.predicted_output * self.b.reserve_factor, 1.0), req.max_output)
         return self._blocks(req.prompt_tokens + out)
 
     def kv_used(self) -> int:
@@ -169,13 +170,14 @@ class Scheduler:
         k = min(r.output_tokens - r.generated for r in out.decodes)
         if self.policy.waiting:
             if self.b.chunked_prefill:
-                return 1
-            k = min(k, max(self.b.admit_every - self.decode_iters, 1))
+                if len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
+                    return 1  # the head request could be admitted next iteration
+                # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops there)
+            else:
+                k = min(k, max(self.b.admit_every - self.decode_iters, 1))
         if self.b.reserve != "full":
             free = self.kv_capacity - self.kv_used()
             k = min(k, max(free // max(len(out.decodes), 1) - self.profile.block_tokens, 1))
-        if self.b.adaptive:
-            k = min(k, 8)
         return max(int(k), 1)
 
     # results ----------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ class Scheduler:
                 gpu[r.client] += dt * work.pop(id(r)) / total / r.weight
         self.policy.on_iteration(gpu, now)
         if self.b.adaptive and out.decodes:
-            self._adapt(dt / k)
+            self._adapt(dt / k, k)
         done = [r for r in self.running if r.done]
         for r in done:
             self.running.remove(r)
@@ -228,9 +230,9 @@ class Scheduler:
         else:
             tokens[r.client] = [r, n]
 
-    def _adapt(self, step_s: float) -> None:
+    def _adapt(self, step_s: float, steps: int = 1) -> None:
         """AIMD on the token budget: shrink when steps exceed the TBT target, grow while requests wait."""
         if step_s > self.b.tbt_target_s:
-            self.budget = max(64, int(self.budget * 0.8))
+            self.budget = max(64, int(self.budget * 0.8 ** steps))
         elif self.policy.waiting:
-            self.budget = min(self.b.token_budget * 4, self.budget + 32)
+            self.budget = min(self.b.token_budget * 4, self.budget + 32 * steps)

@@ -38,7 +38,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="out/bench-serving")
     ap.add_argument("--lmsys-scale", type=float, default=8.0, help="LMSYS arrival compression (load)")
-    ap.add_argument("--sharegpt-rate", type=float, default=6.0)
+    ap.add_argument("--sharegpt-rate", type=float, default=3.0)
     args = ap.parse_args()
     print("== scheduling decision cost (us per decision)")
     for pol in ("vtc", "equinox"):

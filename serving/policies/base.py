@@ -18,6 +18,7 @@ class EngineBehaviour:
     token_budget: int = 512         # tokens per iteration when chunking
     admit_every: int = 10           # without chunking: look for new requests every N decode steps (VTC artifact)
     reserve: str = "full"           # KV reserved at admission: "full" (prompt + max output) or "predicted"
+    reserve_factor: float = 1.0     # with "predicted": reserve this multiple of the predicted output (headroom)
     adaptive: bool = False          # adapt the token budget to load and the TBT target
     tbt_target_s: float = 0.15      # time-between-tokens target for adaptive batching
     max_batch: int = 256            # sequences per iteration
@@ -25,6 +26,8 @@ class EngineBehaviour:
     def __post_init__(self) -> None:
         if self.reserve not in ("full", "predicted"):
             raise ValueError(f"reserve must be 'full' or 'predicted', got {self.reserve!r}")
+        if self.reserve_factor <= 0:
+            raise ValueError(f"reserve_factor must be positive, got {self.reserve_factor!r}")
         if self.token_budget < 16 or self.max_batch < 1 or self.admit_every < 1:
             raise ValueError(f"bad engine behaviour: token_budget {self.token_budget}, max_batch {self.max_batch}, "
                              f"admit_every {self.admit_every}")

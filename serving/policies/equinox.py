@@ -51,7 +51,8 @@ class EquinoxPolicy(VTCPolicy):
 
     @classmethod
     def default_behaviour(cls):
-        return EngineBehaviour(chunked_prefill=True, token_budget=512, reserve="predicted", adaptive=True)
+        return EngineBehaviour(chunked_prefill=True, token_budget=512, reserve="predicted", reserve_factor=1.5,
+                               adaptive=True)
 
     def ufc(self, client: str) -> float:
         c = self.counter.get(client, 0.0)
