@@ -15,7 +15,7 @@ from serving.workloads import Workload
 
 ABLATIONS = {
     "no-chunked": {"chunked_prefill": False},   # whole-prompt prefills that stall decodes
-    "no-adaptive": {"adaptive": False},          # fixed token budget
+    "adaptive": {"adaptive": True},              # AIMD token budget (TBT target, KV pressure)
     "full-reserve": {"reserve": "full"},         # reserve max_new_tokens instead of the predicted output
 }
 

@@ -206,7 +206,7 @@ class Scheduler:
                 gpu[r.client] += dt * work.pop(id(r)) / total / r.weight
         self.policy.on_iteration(gpu, now)
         if self.b.adaptive and out.decodes:
-            self._adapt(dt / k, k)
+            self._adapt(dt / k, k, bool(out.preempted))
         done = [r for r in self.running if r.done]
         for r in done:
             self.running.remove(r)
@@ -230,9 +230,12 @@ class Scheduler:
         else:
             tokens[r.client] = [r, n]
 
-    def _adapt(self, step_s: float, steps: int = 1) -> None:
-        """AIMD on the token budget: shrink when steps exceed the TBT target, grow while requests wait."""
-        if step_s > self.b.tbt_target_s:
+    def _adapt(self, step_s: float, steps: int = 1, preempted: bool = False) -> None:
+        """AIMD on the token budget: halve it when KV pressure forced a preemption, shrink it when steps exceed
+        the TBT target, grow it while requests wait."""
+        if preempted:
+            self.budget = max(64, self.budget // 2)
+        elif step_s > self.b.tbt_target_s:
             self.budget = max(64, int(self.budget * 0.8 ** steps))
         elif self.policy.waiting:
             self.budget = min(self.b.token_budget * 4, self.budget + 32 * steps)

@@ -50,7 +50,7 @@ def main() -> int:
         wl = load_workload(name, **kw)
         for r in wl.requests:
             r.arrival /= scale
-        res = run_bench(wl, ["fcfs", "vtc", "equinox"], "a100-llama2-7b", ["no-chunked", "no-adaptive", "full-reserve"])
+        res = run_bench(wl, ["fcfs", "vtc", "equinox"], "a100-llama2-7b", ["no-chunked", "adaptive", "full-reserve"])
         title = f"{name} x{scale:g} on a100-llama2-7b"
         print(f"\n== {title}: {len(wl.requests)} requests, {len(wl.clients)} clients")
         print(format_table(res))

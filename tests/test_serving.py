@@ -240,3 +240,22 @@ def test_workloads_match_the_artifact_counts():
     assert set(SUITES) >= {"overload", "overload-multi", "overload-weighted", "proportional", "on_off_less",
                            "on_off_overload", "increase", "poisson_short_long", "dist_shift"}
     assert jain([1, 1, 1]) == 1.0 and jain([1, 0, 0]) == pytest.approx(1 / 3)
+
+
+def test_bench_cli(tmp_path, capsys):
+    from serving.__main__ import main
+
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"t": i * 0.05, "client": f"u{i % 3}", "in": 50 + i % 7, "out": 20 + i % 11}) + "\n"
+                             for i in range(120)))
+    assert main(["bench", "--workload", str(trace), "--policies", "fcfs,vtc,equinox", "--ablate", "no-chunked",
+                 "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "vtc" in out and "equinox/no-chunked" in out and "1.00x" in out
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert set(res) == {"fcfs", "vtc", "equinox", "equinox/no-chunked"}
+    assert all(v["finished"] == 120 for v in res.values())
+    assert all((tmp_path / "o" / f).stat().st_size > 1000 for f in ("service_over_time.png", "ttft_cdf.png", "jain_over_time.png"))
+    assert main(["bench", "--workload", str(trace), "--policies", "wfq", "--no-progress", "--out", str(tmp_path / "p")]) == 2
+    assert "unknown policy: 'wfq'" in capsys.readouterr().err
+    assert main(["bench", "--workload", "nope", "--no-progress", "--out", str(tmp_path / "p")]) == 2
