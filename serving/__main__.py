@@ -10,7 +10,7 @@ from pathlib import Path
 from serving.bench import ABLATIONS, format_table, plot, run_bench, to_json
 from serving.engine.profiles import ProfileName
 from serving.policies import PolicyName
-from serving.request import RequestError
+from serving.request import RequestError, check_weights
 from serving.workloads import SUITES, load_workload
 
 
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--rate-scale", type=float, default=1.0, help="compress arrival times by this factor (load)")
     b.add_argument("--requests", type=int, default=None, help="ShareGPT: number of requests")
     b.add_argument("--rate", type=float, default=None, help="ShareGPT: requests per second")
+    b.add_argument("--weights", default="", help="client weights, e.g. client0=1,client1=2")
     b.add_argument("--seed", type=int, default=1)
     b.add_argument("--out", default="out/bench", help="folder for PNG plots and results.json")
     b.add_argument("--no-progress", action="store_true")
@@ -38,6 +39,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate:
             kw["rate"] = args.rate
         wl = load_workload(args.workload, seed=args.seed, **kw)
+        if args.weights:
+            weights = {}
+            for item in args.weights.split(","):
+                name, _, val = item.partition("=")
+                try:
+                    weights[name.strip()] = float(val)
+                except ValueError:
+                    raise ValueError(f"--weights: {item!r} is not client=number") from None
+            check_weights(wl.requests, weights)
         if args.rate_scale != 1.0:
             if args.rate_scale <= 0:
                 raise ValueError(f"--rate-scale must be positive, got {args.rate_scale}")

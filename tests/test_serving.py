@@ -200,6 +200,18 @@ def test_bad_requests_rejected():
         simulate([R(0, "a", 0.0, 9000, 2000)], "vtc", "a10g-llama-7b")
 
 
+def test_weights_for_unknown_clients_rejected():
+    from serving.request import check_weights
+
+    reqs = [R(0, "a", 0.0, 5, 5), R(1, "b", 0.0, 5, 5)]
+    with pytest.raises(RequestError, match="unknown client 'zed'"):
+        check_weights(reqs, {"zed": 2.0})
+    with pytest.raises(RequestError, match="weight must be positive"):
+        check_weights(reqs, {"a": -1.0})
+    check_weights(reqs, {"b": 3.0})
+    assert [r.weight for r in reqs] == [1.0, 3.0]
+
+
 def test_unknown_names():
     with pytest.raises(ValueError, match="unknown policy: 'wfq'"):
         make_policy("wfq")
@@ -259,3 +271,6 @@ def test_bench_cli(tmp_path, capsys):
     assert main(["bench", "--workload", str(trace), "--policies", "wfq", "--no-progress", "--out", str(tmp_path / "p")]) == 2
     assert "unknown policy: 'wfq'" in capsys.readouterr().err
     assert main(["bench", "--workload", "nope", "--no-progress", "--out", str(tmp_path / "p")]) == 2
+    assert main(["bench", "--workload", str(trace), "--weights", "nobody=2", "--no-progress",
+                 "--out", str(tmp_path / "p")]) == 2
+    assert "unknown client 'nobody'" in capsys.readouterr().err
