@@ -82,30 +82,33 @@ def plot(results, outdir: str | Path, title: str) -> list[Path]:
     files.append(out / "service_over_time.png")
     fig.savefig(files[-1], dpi=100, bbox_inches="tight")
     plt.close(fig)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, (s, res, _) in results.items():
+
+    def figure(name: str, draw, xlabel: str, ylabel: str, heading: str, size=(6, 4)) -> Path:
+        fig, ax = plt.subplots(figsize=size)
+        for label, (_, res, _) in results.items():
+            draw(ax, label, res)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{title}: {heading}")
+        ax.legend(fontsize=7)
+        f = out / name
+        fig.savefig(f, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        return f
+
+    def ttft_cdf(ax, label, res):
         x = np.sort([r.ttft for r in res.requests if r.ttft is not None])
         ax.plot(x, np.linspace(0, 1, len(x)), label=label)
-    ax.set_xscale("symlog", linthresh=0.1)
-    ax.set_xlabel("TTFT (s)")
-    ax.set_ylabel("CDF")
-    ax.set_title(f"{title}: time to first token")
-    ax.legend(fontsize=7)
-    files.append(out / "ttft_cdf.png")
-    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 3))
-    for label, (s, res, _) in results.items():
+        ax.set_xscale("symlog", linthresh=0.1)
+
+    def jain_line(ax, label, res):
         t, j = jain_over_time(res, 10.0)
         ax.plot(t, j, label=label)
-    ax.set_ylim(0, 1.05)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("Jain's index")
-    ax.set_title(f"{title}: Jain's index over active clients (10 s windows)")
-    ax.legend(fontsize=7)
-    files.append(out / "jain_over_time.png")
-    fig.savefig(files[-1], dpi=100, bbox_inches="tight")
-    plt.close(fig)
+        ax.set_ylim(0, 1.05)
+
+    files.append(figure("ttft_cdf.png", ttft_cdf, "TTFT (s)", "CDF", "time to first token"))
+    files.append(figure("jain_over_time.png", jain_line, "time (s)", "Jain's index",
+                        "Jain's index over backlogged clients (10 s windows)", (8, 3)))
     return files
 
 
