@@ -10,7 +10,7 @@ class RequestError(ValueError):
     """A request or trace entry that cannot be served, naming what is wrong."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # identity: two requests are never "equal" by value
 class Request:
     """One generation request and its life in the engine (times in seconds of simulated time)."""
 

@@ -43,6 +43,7 @@ class Scheduler:
         self.running_by_client: dict[str, int] = defaultdict(int)
         self.kv_capacity = profile.kv_capacity_tokens
         self.reserved = 0                         # tokens reserved by running requests
+        self.kv_total = 0                         # KV tokens held by running requests (token granular)
         self.decode_iters = 0                     # decode iterations since the last admission check
         self.budget = self.b.token_budget         # current token budget (adaptive)
         self.preemptions = 0
@@ -74,8 +75,9 @@ class Scheduler:
     # one iteration --------------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
-        decodes = [r for r in self.running if not r.in_prefill]
-        in_prefill = [r for r in self.running if r.in_prefill]
+        decodes, in_prefill = [], []
+        for r in self.running:
+            (in_prefill if r.prefilled < r.prefill_goal else decodes).append(r)
         if self.b.chunked_prefill:
             # stall-free: every decode runs; prefill chunks fill the rest of the token budget
             out.decodes = decodes
@@ -139,11 +141,16 @@ class Scheduler:
         if self.b.reserve == "full":
             return  # every admitted request holds a reservation for its whole output: it always fits
 
+        bt = self.profile.block_tokens
+        grow_total = sum(c for _, c in out.prefills) + len(out.decodes)
+        if self.kv_total + grow_total + len(self.running) * (bt - 1) <= self.kv_capacity:
+            return  # even rounding every request up to a whole block, it fits
+
         def need() -> int:
             grow = {id(r): c for r, c in out.prefills}
             for r in out.decodes:
                 grow[id(r)] = grow.get(id(r), 0) + 1
-            return sum(self._blocks(r.kv_tokens + grow.get(id(r), 0)) for r in self.running)
+            return sum(-(-(r.prefilled + r.decoded + grow.get(id(r), 0)) // bt) for r in self.running) * bt
 
         while need() > self.kv_capacity and len(self.running) > 1:
             victim = self.running[-1]
@@ -155,6 +162,7 @@ class Scheduler:
 
     def _evict(self, r: Request) -> None:
         self.running.remove(r)
+        self.kv_total -= r.kv_tokens
         self.running_by_client[r.client] -= 1
         self.reserved -= self._reservation(r)
         r.prefilled = 0   # recompute: its KV is dropped, prompt + generated tokens are prefilled again
@@ -181,42 +189,53 @@ class Scheduler:
         return max(int(k), 1)
 
     # results ----------------------------------------------------------------------------------
-    def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, float]:
-        """Apply an iteration that ended at `now` and took `dt` seconds in total; returns GPU-seconds per client."""
+    def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, list]:
+        """Apply an iteration that ended at `now` and took `dt` seconds in total.
+
+        Returns the output tokens emitted per client: {client: [a request of the client, tokens]}."""
         k = out.steps
-        work: dict[int, float] = {}
         tokens: dict[str, list] = {}
+        gpu: dict[str, float] = defaultdict(float)
+        # iteration time is attributed in proportion to the tokens each sequence processed in it
+        total = float(sum(c for _, c in out.prefills) + k * len(out.decodes)) or 1.0
         for r, c in out.prefills:
             r.prefilled += c
-            work[id(r)] = work.get(id(r), 0.0) + c
-            if not r.in_prefill:  # prefill complete: it emits a token
+            self.kv_total += c
+            gpu[r.client] += dt * c / total / r.weight
+            if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token
                 self._emit(r, 1, now, tokens)
         for r in out.decodes:
             r.decoded += k
-            work[id(r)] = work.get(id(r), 0.0) + k
-            self._emit(r, k, now, tokens)
+            gpu[r.client] += dt * k / total / r.weight
+            n = min(k, r.output_tokens - r.generated)  # _emit, inlined on the hot path
+            if n > 0:
+                if r.first_token is None:
+                    r.first_token = now
+                r.generated += n
+                t = tokens.get(r.client)
+                if t is None:
+                    tokens[r.client] = [r, n]
+                else:
+                    t[1] += n
+        self.kv_total += k * len(out.decodes)
         for req, n in tokens.values():  # one charge per client (a client's requests share its weight)
             self.policy.on_tokens(req, n, now)
         if out.decodes and not out.prefills:
             self.decode_iters += k
-        total = sum(work.values()) or 1.0
-        gpu: dict[str, float] = defaultdict(float)
-        for r in [r for r, _ in out.prefills] + out.decodes:
-            if id(r) in work:
-                gpu[r.client] += dt * work.pop(id(r)) / total / r.weight
         self.policy.on_iteration(gpu, now)
         if self.b.adaptive and out.decodes:
             self._adapt(dt / k, k, bool(out.preempted))
-        done = [r for r in self.running if r.done]
+        done = [r for r in self.running if r.generated >= r.output_tokens]
         for r in done:
             self.running.remove(r)
             self.running_by_client[r.client] -= 1
             self.reserved -= self._reservation(r)
+            self.kv_total -= r.kv_tokens
             r.finished = now
             self.finished.append(r)
             self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
             self.policy.on_finish(r, now)
-        return gpu
+        return tokens
 
     def _emit(self, r: Request, n: int, now: float, tokens: dict[str, list]) -> None:
         n = min(n, r.output_tokens - r.generated)

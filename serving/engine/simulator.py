@@ -79,7 +79,7 @@ class Simulator:
             if k > 1:
                 k = self._limit_to_arrival(out, k, now, self.reqs[i].arrival if i < n else None)
             out.steps = k
-            kv_dec = sum(r.kv_tokens for r in out.decodes)
+            kv_dec = sum(r.prefilled + r.decoded for r in out.decodes)
             if k == 1:
                 chunks = [(c, r.prefilled) for r, c in out.prefills]
                 dt, util = p.iteration(chunks, len(out.decodes), kv_dec)
@@ -87,16 +87,9 @@ class Simulator:
             else:
                 dt = p.decode_steps_time(len(out.decodes), kv_dec, k)
                 comp = k * p.compute_time([], len(out.decodes))
-            gen_before = {id(r): r.generated for r in out.decodes}
-            gen_before.update({id(r): r.generated for r, _ in out.prefills})
             now += dt
-            s.update_from_output(out, now, dt)
-            emitted = 0
-            for r in [r for r, _ in out.prefills] + out.decodes:
-                g = r.generated - gen_before.pop(id(r), r.generated)
-                if g:
-                    service[self.cidx[r.client]] += self.w_q * g
-                    emitted += g
+            for client, (_, g) in s.update_from_output(out, now, dt).items():
+                service[self.cidx[client]] += self.w_q * g
             if out.decodes:
                 res.tbt.append((dt / k, len(out.decodes) * k))
             res.busy += dt
