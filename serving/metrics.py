@@ -17,6 +17,16 @@ def jain(x: np.ndarray) -> float:
     return float(x.sum() ** 2 / (len(x) * (x * x).sum()))
 
 
+def latency_jain(requests) -> float:
+    """Jain's index over clients of their mean normalised latency (seconds per output token): how evenly the
+    latency users feel is spread, whatever their request sizes (1: every client waits the same per token)."""
+    per: dict[str, list[float]] = {}
+    for r in requests:
+        if r.finished is not None:
+            per.setdefault(r.client, []).append((r.finished - r.arrival) / r.output_tokens)
+    return jain(np.array([np.mean(v) for v in per.values()])) if len(per) > 1 else float("nan")
+
+
 def vtc_bound(max_input: int, batch_tokens: int, w_p: float = 1.0, w_q: float = 2.0) -> float:
     """VTC's bound (Sheng et al., Thm. 4.4) on the service difference between backlogged clients:
     2 * max(w_p * L_input, w_q * M), L_input the longest prompt, M the most tokens a running batch can hold."""
@@ -97,6 +107,7 @@ class Summary:
     jain: float                      # mean Jain's index over 10 s windows with >= 2 backlogged clients (NaN: no contention)
     jain_all: float                  # Jain over each client's weighted service per second of activity, whole run
     contended: float                 # fraction of windows with >= 2 backlogged clients
+    jain_latency: float              # Jain over clients' mean normalised latency (s per output token)
     max_gap: float                   # max accumulated-service difference between backlogged clients
     vtc_bound: float
     gpu_util: float                  # fraction of time the GPU runs iterations (what NVML's utilization.gpu reports)
@@ -145,6 +156,7 @@ def summarize(res: SimResult) -> Summary:
         latency_mean=float(np.nanmean(lat)), tbt_p50=tbt50, tbt_p99=tbt99,
         jain=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
         jain_all=jain(rate[active_time > 0]), contended=float(np.isfinite(jt).mean()) if len(jt) else 0.0,
+        jain_latency=latency_jain(res.requests),
         max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, res.kv_capacity),
         gpu_util=res.busy / res.makespan if res.makespan else 0.0,
         sm_util=res.compute / res.makespan if res.makespan else 0.0, preemptions=res.preemptions,

@@ -244,6 +244,17 @@ def test_trace_files(tmp_path):
             load_trace_file(p)
 
 
+def test_latency_jain_by_hand():
+    from serving.metrics import latency_jain
+
+    a1, a2, b1 = R(0, "a", 0.0, 5, 10), R(1, "a", 1.0, 5, 20), R(2, "b", 0.0, 5, 10)
+    a1.finished, a2.finished, b1.finished = 1.0, 3.0, 4.0  # a: 0.1 and 0.1 s/token, b: 0.4 s/token
+    # Jain(0.1, 0.4) = 0.5^2 / (2 * 0.17)
+    assert latency_jain([a1, a2, b1]) == pytest.approx(0.25 / 0.34)
+    b1.finished = 1.0
+    assert latency_jain([a1, a2, b1]) == pytest.approx(1.0)
+
+
 def test_workloads_match_the_artifact_counts():
     # the artifact's suites sent 1620 (overload, 360 s) and 1350 (proportional, on_off_less) requests
     assert abs(len(suite_workload("overload").requests) - 1620) <= 2
