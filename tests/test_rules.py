@@ -238,6 +238,7 @@ def test_every_rule_has_a_mutation():
     assert set(MUTATIONS) == set(RULES)
 
 
+@pytest.mark.sim  # uses a capture from the simulator
 def test_captured_trace_is_clean(captured):
     h, recs = captured
     rep = check_records(h, recs)
@@ -245,6 +246,7 @@ def test_captured_trace_is_clean(captured):
     assert rep.ok and not rep.violated(), rep.format()
 
 
+@pytest.mark.sim  # uses a capture from the simulator
 @pytest.mark.parametrize("rule", sorted(RULES))
 def test_mutation_caught(captured, rule):
     h, clean = captured
@@ -258,6 +260,7 @@ def test_mutation_caught(captured, rule):
     assert check_chunks(h, chunked(h, recs, 97)).counts == ref
 
 
+@pytest.mark.sim  # uses a capture from the simulator
 def test_report_names_first_offender(captured):
     h, clean = captured
     recs = copy.deepcopy(clean)
@@ -316,6 +319,7 @@ def test_no_false_positives(recs):
     assert not rep.violated(), rep.format()
 
 
+@pytest.mark.sim  # uses a capture from the simulator
 def test_columnar_equals_reference_on_capture(captured):
     h, recs = captured
     assert check_columns(TraceColumns.from_records(h, recs)).counts == check_records(h, recs).counts
