@@ -85,6 +85,13 @@ def jain_over_time(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, np
     return ends, np.asarray(out)
 
 
+def _attainment(requests) -> float:
+    with_dl = [r for r in requests if r.deadline is not None]
+    if not with_dl:
+        return float("nan")
+    return sum(1 for r in with_dl if r.finished is not None and r.finished - r.arrival <= r.deadline) / len(with_dl)
+
+
 def _weights(res: SimResult) -> np.ndarray:
     w = {r.client: r.weight for r in res.requests}
     return np.array([w[c] for c in res.clients])
@@ -108,6 +115,7 @@ class Summary:
     jain_all: float                  # Jain over each client's weighted service per second of activity, whole run
     contended: float                 # fraction of windows with >= 2 backlogged clients
     jain_latency: float              # Jain over clients' mean normalised latency (s per output token)
+    deadline_attainment: float       # share of requests with a deadline that finished within it (NaN: none had one)
     max_gap: float                   # max accumulated-service difference between backlogged clients
     vtc_bound: float
     gpu_util: float                  # fraction of time the GPU runs iterations (what NVML's utilization.gpu reports)
@@ -157,6 +165,7 @@ def summarize(res: SimResult) -> Summary:
         jain=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
         jain_all=jain(rate[active_time > 0]), contended=float(np.isfinite(jt).mean()) if len(jt) else 0.0,
         jain_latency=latency_jain(res.requests),
+        deadline_attainment=_attainment(res.requests),
         max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, res.kv_capacity),
         gpu_util=res.busy / res.makespan if res.makespan else 0.0,
         sm_util=res.compute / res.makespan if res.makespan else 0.0, preemptions=res.preemptions,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class RequestError(ValueError):
@@ -33,7 +33,6 @@ class Request:
     first_token: float | None = None
     finished: float | None = None
     preemptions: int = 0
-    token_times: list[float] = field(default_factory=list)  # emission time of each output token (for TBT)
 
     def __post_init__(self) -> None:
         if not isinstance(self.client, str) or not self.client:
@@ -44,6 +43,9 @@ class Request:
                 raise RequestError(f"request {self.rid} ({self.client}): {name} must be a positive integer, got {v!r}")
         if not (isinstance(self.arrival, (int, float)) and math.isfinite(self.arrival) and self.arrival >= 0):
             raise RequestError(f"request {self.rid} ({self.client}): arrival must be a finite time >= 0, got {self.arrival!r}")
+        if self.deadline is not None and not (isinstance(self.deadline, (int, float)) and self.deadline > 0):
+            raise RequestError(f"request {self.rid} ({self.client}): deadline must be a positive number of seconds, "
+                               f"got {self.deadline!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < self.output_tokens:
             raise RequestError(f"request {self.rid} ({self.client}): max_new_tokens {self.max_new_tokens} is below "
                                f"its output of {self.output_tokens} tokens")

@@ -24,6 +24,4 @@ def simulate(requests: list[Request], policy: str, profile: str = "a100-llama2-7
         EngineBehaviour.__post_init__(pol.behaviour)
     sched = Scheduler(pol, prof, MoPE())
     reqs = [copy.copy(r) for r in requests]
-    for r in reqs:
-        r.token_times = []
     return Simulator(sched, reqs).run(progress)

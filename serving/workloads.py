@@ -152,7 +152,8 @@ def sharegpt_workload(n: int = 2000, rate: float = 2.0, clients: int = 8, arriva
 
 
 def load_trace_file(path: str | Path) -> Workload:
-    """A user's trace: JSON list, JSON lines or CSV of {t, client, in, out[, weight]} (seconds, tokens)."""
+    """A user's trace: JSON list, JSON lines or CSV of {t, client, in, out[, weight][, deadline]}
+    (seconds, tokens; deadline: seconds after arrival the whole request should take at most)."""
     path = Path(path)
     if not path.exists():
         raise RequestError(f"{path}: no such trace file")
@@ -202,9 +203,20 @@ def load_trace_file(path: str | Path) -> Workload:
             if w <= 0:
                 raise RequestError(f"{where}: field 'weight' must be positive, got {w}")
             weights[str(r["client"])] = w
-        reqs.append((t, n, str(r["client"]), p, o))
-    reqs.sort()
-    out = [Request(i, c, t, p, o, weight=weights.get(c, 1.0)) for i, (t, _, c, p, o) in enumerate(reqs)]
+        dl = r.get("deadline")
+        if dl not in (None, ""):
+            try:
+                dl = float(dl)
+            except (TypeError, ValueError):
+                raise RequestError(f"{where}: field 'deadline' must be a number, got {dl!r}") from None
+            if not dl > 0:
+                raise RequestError(f"{where}: field 'deadline' must be positive seconds, got {dl}")
+        else:
+            dl = None
+        reqs.append((t, n, str(r["client"]), p, o, dl))
+    reqs.sort(key=lambda x: (x[0], x[1]))
+    out = [Request(i, c, t, p, o, weight=weights.get(c, 1.0), deadline=dl)
+           for i, (t, _, c, p, o, dl) in enumerate(reqs)]
     if not out:
         raise RequestError(f"{path}: no requests")
     return Workload(path.stem, out, weights, {"source": str(path)})

@@ -226,6 +226,11 @@ def test_trace_files(tmp_path):
     good.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 1.5, "client": "b", "in": 3, "out": 2, "weight": 2}\n')
     wl = load_trace_file(good)
     assert [(r.client, r.prompt_tokens, r.output_tokens, r.weight) for r in wl.requests] == [("a", 5, 7, 1.0), ("b", 3, 2, 2.0)]
+    dl = tmp_path / "dl.json"
+    dl.write_text(json.dumps([{"t": 0, "client": "a", "in": 10, "out": 10, "deadline": 60},
+                              {"t": 0, "client": "b", "in": 10, "out": 10, "deadline": 1e-4}]))
+    res = simulate(load_trace_file(dl).requests, "vtc", "a100-llama2-7b")
+    assert summarize(res).deadline_attainment == 0.5  # 60 s is met, 0.1 ms cannot be
     csvf = tmp_path / "t.csv"
     csvf.write_text("t,client,in,out\n0.5,x,10,20\n")
     assert load_trace_file(csvf).requests[0].output_tokens == 20
@@ -236,6 +241,7 @@ def test_trace_files(tmp_path):
         "w.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": -2}\n', "field 'weight' must be positive"),
         "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: fields t/in/out must be numbers"),
         "obj.json": (json.dumps({"t": 0}), "expected a JSON list"),
+        "dl.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "deadline": 0}\n', "field 'deadline' must be positive"),
     }
     for name, (text, msg) in cases.items():
         p = tmp_path / name
