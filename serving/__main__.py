@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             for r in wl.requests:
                 r.arrival /= args.rate_scale
         policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+        known = [x.value for x in PolicyName]
         for p in policies:
-            PolicyName(p) if p in {x.value for x in PolicyName} else (_ for _ in ()).throw(
-                ValueError(f"unknown policy: {p!r} (known: {', '.join(x.value for x in PolicyName)})"))
+            if p not in known:
+                raise ValueError(f"unknown policy: {p!r} (known: {', '.join(known)})")
         profile = args.profile or ("a10g-llama-7b" if args.workload in SUITES else "a100-llama2-7b")
         ablate = [a.strip() for a in args.ablate.split(",") if a.strip()]
         results = run_bench(wl, policies, profile, ablate, progress=not args.no_progress)
