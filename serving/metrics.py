@@ -56,10 +56,10 @@ def max_service_gap(res: SimResult) -> float:
     return worst
 
 
-def windowed_service(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
-    """(window end times, service per client per second in each window)."""
+def windowed_service(res: SimResult, window: float = 10.0, resource: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(window end times, service per client per second in each window); resource=True: weighted GPU-seconds."""
     t = np.asarray(res.samples_t)
-    S = np.vstack(res.samples_service)
+    S = np.vstack(res.samples_gpu if resource else res.samples_service)
     edges = np.arange(0, t[-1] + window, window)
     at = np.searchsorted(t, edges, side="right") - 1
     at = np.clip(at, 0, len(t) - 1)
@@ -67,16 +67,16 @@ def windowed_service(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, 
     return edges[1:], np.diff(acc, axis=0) / window
 
 
-def jain_over_time(res: SimResult, window: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+def jain_over_time(res: SimResult, window: float = 10.0, resource: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Jain's index of weighted service among the clients backlogged (requests waiting) for most of each window.
 
     Fairness is about clients that compete: a client whose every request is served at once gets what it asks
     for, whatever its share, so windows with fewer than two backlogged clients have no index (NaN).
     """
-    ends, rate = windowed_service(res, window)
+    ends, rate = windowed_service(res, window, resource)
     t = np.asarray(res.samples_t)
     B = np.vstack(res.samples_backlog)
-    weights = _weights(res)
+    weights = np.ones(len(res.clients)) if resource else _weights(res)  # GPU-seconds are already weighted
     out = []
     for k, e in enumerate(ends):
         m = (t > e - window) & (t <= e)
@@ -115,6 +115,7 @@ class Summary:
     jain_all: float                  # Jain over each client's weighted service per second of activity, whole run
     contended: float                 # fraction of windows with >= 2 backlogged clients
     jain_latency: float              # Jain over clients' mean normalised latency (s per output token)
+    jain_resource: float             # like jain, over weighted GPU-seconds instead of token service
     deadline_attainment: float       # share of requests with a deadline that finished within it (NaN: none had one)
     max_gap: float                   # max accumulated-service difference between backlogged clients
     vtc_bound: float
@@ -155,6 +156,7 @@ def summarize(res: SimResult) -> Summary:
                             "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}
     max_in = max(r.prompt_tokens for r in res.requests)
     _, jt = jain_over_time(res)
+    _, jr = jain_over_time(res, resource=True)
     return Summary(
         requests=len(res.requests), finished=len(done), makespan_s=res.makespan,
         throughput_req_s=len(done) / res.makespan if res.makespan else 0.0,
@@ -165,6 +167,7 @@ def summarize(res: SimResult) -> Summary:
         jain=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
         jain_all=jain(rate[active_time > 0]), contended=float(np.isfinite(jt).mean()) if len(jt) else 0.0,
         jain_latency=latency_jain(res.requests),
+        jain_resource=float(np.nanmean(jr)) if np.isfinite(jr).any() else float("nan"),
         deadline_attainment=_attainment(res.requests),
         max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, res.kv_capacity),
         gpu_util=res.busy / res.makespan if res.makespan else 0.0,

@@ -48,6 +48,7 @@ class Scheduler:
         self.budget = self.b.token_budget         # current token budget (adaptive)
         self.preemptions = 0
         self.finished: list[Request] = []
+        self.gpu_used: dict[str, float] = defaultdict(float)  # weighted GPU-seconds attributed per client
 
     # arrivals -----------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> None:
@@ -223,6 +224,8 @@ class Scheduler:
         if out.decodes and not out.prefills:
             self.decode_iters += k
         self.policy.on_iteration(gpu, now)
+        for c, g in gpu.items():
+            self.gpu_used[c] += g
         if self.b.adaptive and out.decodes:
             self._adapt(dt / k, k, bool(out.preempted))
         done = [r for r in self.running if r.generated >= r.output_tokens]

@@ -33,6 +33,7 @@ class SimResult:
     samples_service: list[np.ndarray] = field(default_factory=list)  # accumulated service per client at each sample
     samples_backlog: list[np.ndarray] = field(default_factory=list)  # client has waiting requests at each sample
     samples_active: list[np.ndarray] = field(default_factory=list)   # client has waiting or running requests
+    samples_gpu: list[np.ndarray] = field(default_factory=list)      # accumulated weighted GPU-seconds per client
     kv_peak: int = 0
     kv_capacity: int = 0
 
@@ -130,3 +131,4 @@ class Simulator:
         res.samples_service.append(service.copy())
         res.samples_backlog.append(backlog)
         res.samples_active.append(backlog | running)
+        res.samples_gpu.append(np.array([self.s.gpu_used.get(c, 0.0) for c in self.clients]))
