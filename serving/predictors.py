@@ -38,20 +38,47 @@ class MoPEConfig:
             raise ValueError(f"err_decay must be in (0, 1], got {self.err_decay!r}")
 
 
+class Window:
+    """The last `size` values with their median in O(log size) per update (a deque beside a sorted list)."""
+
+    __slots__ = ("order", "sorted")
+
+    def __init__(self, size: int):
+        self.order: deque = deque(maxlen=size)
+        self.sorted: list = []
+
+    def append(self, v) -> None:
+        if len(self.order) == self.order.maxlen:
+            old = self.order[0]
+            del self.sorted[bisect.bisect_left(self.sorted, old)]
+        self.order.append(v)
+        bisect.insort(self.sorted, v)
+
+    def median(self) -> float:
+        s, n = self.sorted, len(self.sorted)
+        return float(s[n // 2]) if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2.0
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self):
+        return iter(self.order)
+
+
 class ClientHistory:
     name = "client_history"
 
     def __init__(self, cfg: MoPEConfig):
         self.cfg = cfg
-        self.h: dict[str, deque] = defaultdict(lambda: deque(maxlen=cfg.client_window))
-        self.glob: deque = deque(maxlen=cfg.window)
+        self.h: dict[str, Window] = defaultdict(lambda: Window(cfg.client_window))
+        self.glob = Window(cfg.window)
 
     def predict(self, client: str, prompt: int) -> float:
         # the median minimises L1 error; the mean is pulled by the long tail of output lengths
         h = self.h.get(client)
         if h:
-            return float(np.median(h))
-        return float(np.median(self.glob)) if self.glob else self.cfg.prior_output
+            return h.median()
+        return self.glob.median() if self.glob else self.cfg.prior_output
 
     def observe(self, client: str, prompt: int, output: int) -> None:
         self.h[client].append(output)
@@ -59,26 +86,49 @@ class ClientHistory:
 
 
 class PromptRegression:
+    """Ordinary least squares of output on (1, log(1 + prompt)) over the window, from running sums (O(1) per
+    update). The sums of x are kept in integers of 2**-32 so adding and removing values never drifts. With no
+    spread in x (every prompt the same length) the fit is the mean output."""
+
     name = "prompt_regression"
+    _Q = 2 ** 32
 
     def __init__(self, cfg: MoPEConfig):
         self.cfg = cfg
-        self.x: deque = deque(maxlen=cfg.window)
+        self.x: deque = deque(maxlen=cfg.window)   # log1p(prompt), fixed point
         self.y: deque = deque(maxlen=cfg.window)
+        self.sx = self.sy = self.sxx = self.sxy = 0  # exact integer sums
         self.coef = None
 
     def predict(self, client: str, prompt: int) -> float:
         if self.coef is None:
-            return sum(self.y) / len(self.y) if self.y else self.cfg.prior_output
+            return self.sy / len(self.y) if self.y else self.cfg.prior_output
         a, b = self.coef
         return max(1.0, a + b * math.log1p(prompt))
 
     def observe(self, client: str, prompt: int, output: int) -> None:
-        self.x.append(math.log1p(prompt))
+        if len(self.x) == self.x.maxlen:
+            ox, oy = self.x[0], self.y[0]
+            self.sx -= ox
+            self.sy -= oy
+            self.sxx -= ox * ox
+            self.sxy -= ox * oy
+        x = round(math.log1p(prompt) * self._Q)
+        self.x.append(x)
         self.y.append(output)
-        if len(self.x) >= 8:
-            X = np.column_stack([np.ones(len(self.x)), np.asarray(self.x)])
-            self.coef = tuple(np.linalg.lstsq(X, np.asarray(self.y, dtype=float), rcond=None)[0])
+        self.sx += x
+        self.sy += output
+        self.sxx += x * x
+        self.sxy += x * output
+        n = len(self.x)
+        if n >= 8:
+            Q = self._Q
+            var = n * self.sxx - self.sx * self.sx          # n^2 Var(x), scaled by Q^2 (exact)
+            if var * 10**6 <= self.sxx * n:                  # no spread in prompt length: the mean
+                self.coef = (self.sy / n, 0.0)
+            else:
+                b = (n * self.sxy - self.sx * self.sy) * Q / var
+                self.coef = ((self.sy - b * self.sx / Q) / n, b)
 
 
 class RegimeQuantile:
@@ -87,7 +137,7 @@ class RegimeQuantile:
 
     def __init__(self, cfg: MoPEConfig):
         self.cfg = cfg
-        self.b: dict[int, deque] = defaultdict(lambda: deque(maxlen=cfg.window))
+        self.b: dict[int, Window] = defaultdict(lambda: Window(cfg.window))
 
     def _bucket(self, prompt: int) -> int:
         return bisect.bisect(self.EDGES, prompt)
@@ -97,7 +147,7 @@ class RegimeQuantile:
         if not h:
             allv = [v for d in self.b.values() for v in d]
             return float(np.median(allv)) if allv else self.cfg.prior_output
-        return float(np.median(h))
+        return h.median()
 
     def observe(self, client: str, prompt: int, output: int) -> None:
         self.b[self._bucket(prompt)].append(output)
@@ -110,22 +160,27 @@ class MoPE:
         self.cfg = cfg or MoPEConfig()
         self.experts = [ClientHistory(self.cfg), PromptRegression(self.cfg), RegimeQuantile(self.cfg)]
         self.err = [self.cfg.prior_output] * len(self.experts)
+        self._gate = self._compute_gate()
 
-    def gate(self) -> list[float]:
+    def _compute_gate(self) -> list[float]:
         scale = max(min(self.err), 1.0)
         w = [math.exp(-(e - min(self.err)) / scale) for e in self.err]
         s = sum(w)
         return [x / s for x in w]
 
+    def gate(self) -> list[float]:
+        return list(self._gate)
+
     def predict_output(self, client: str, prompt: int) -> float:
         preds = [e.predict(client, prompt) for e in self.experts]
-        return float(sum(g * p for g, p in zip(self.gate(), preds)))
+        return float(sum(g * p for g, p in zip(self._gate, preds)))
 
     def observe(self, client: str, prompt: int, output: int) -> None:
         d = self.cfg.err_decay
         for i, e in enumerate(self.experts):
             self.err[i] = (1 - d) * self.err[i] + d * abs(e.predict(client, prompt) - output)
             e.observe(client, prompt, output)
+        self._gate = self._compute_gate()
 
     # derived predictions -------------------------------------------------------------------------
     @staticmethod

@@ -33,6 +33,8 @@ class Request:
     first_token: float | None = None
     finished: float | None = None
     preemptions: int = 0
+    seq: int = 0                  # admission sequence number in the engine (set at each admission)
+    dstart: int = 0               # engine decode step at which decoded/generated were last brought up to date
 
     def __post_init__(self) -> None:
         if not isinstance(self.client, str) or not self.client:
@@ -51,6 +53,11 @@ class Request:
                                f"its output of {self.output_tokens} tokens")
         if not (isinstance(self.weight, (int, float)) and self.weight > 0 and math.isfinite(self.weight)):
             raise RequestError(f"request {self.rid} ({self.client}): weight must be positive, got {self.weight!r}")
+
+    def fresh(self) -> "Request":
+        """A copy as it arrives: the same request, none of its life in an engine."""
+        return Request(self.rid, self.client, self.arrival, self.prompt_tokens, self.output_tokens, self.weight,
+                       self.deadline, self.max_new_tokens)
 
     @property
     def max_output(self) -> int:

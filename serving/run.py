@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 from serving.engine.profiles import get_profile
@@ -16,12 +15,12 @@ from serving.scheduler import Scheduler
 
 def simulate(requests: list[Request], policy: str, profile: str = "a100-llama2-7b",
              behaviour: dict | None = None, policy_kw: dict | None = None, progress=None) -> SimResult:
-    """Simulate a fresh copy of the requests (callers can reuse their list across policies)."""
+    """Simulate fresh copies of the requests (callers can reuse their list across policies)."""
     prof = get_profile(profile)
     pol = make_policy(policy, **(policy_kw or {}))
     if behaviour:
         pol.behaviour = dataclasses.replace(pol.behaviour, **behaviour)
         EngineBehaviour.__post_init__(pol.behaviour)
     sched = Scheduler(pol, prof, MoPE())
-    reqs = [copy.copy(r) for r in requests]
+    reqs = [r.fresh() for r in requests]
     return Simulator(sched, reqs).run(progress)

@@ -4,6 +4,10 @@
 engine did. The policy owns every fairness decision (who is next, what is charged) and the engine behaviour
 (chunked prefill, admission cadence, KV reservation, adaptive batching); the scheduler never asks which policy
 it runs.
+
+Per-iteration work is O(clients + prefilling requests), not O(batch): the decoding sequences advance together
+and are tracked in aggregate by serving.batch.DecodeSet; a request's own counters are brought up to date when it
+finishes, is evicted, or an engine asks for the batch (``batch()``, ``SchedulerOutput.decodes``).
 """
 
 from __future__ import annotations
@@ -12,25 +16,35 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from serving.batch import DecodeSet
 from serving.engine.profiles import Profile
 from serving.policies.base import Policy
 from serving.predictors import MoPE
-from serving.request import Request
+from serving.request import Request, RequestError
 
 
-@dataclass
+@dataclass(slots=True)
 class SchedulerOutput:
     """One iteration's work."""
 
     prefills: list[tuple[Request, int]] = field(default_factory=list)  # (request, tokens prefilled this iteration)
-    decodes: list[Request] = field(default_factory=list)                # requests producing one token each
+    decode: bool = False                                                # every decoding sequence produces a token
+    n_decode: int = 0                                                   # how many sequences decode
+    decode_kv: int = 0                                                  # KV tokens those sequences attend to
     admitted: list[Request] = field(default_factory=list)               # newly admitted this iteration
     preempted: list[Request] = field(default_factory=list)              # evicted to make KV room (recompute later)
     steps: int = 1                                                      # identical decode-only iterations folded in
+    _batch: DecodeSet | None = field(default=None, repr=False)
+
+    @property
+    def decodes(self) -> list[Request]:
+        """The decoding requests, synced (O(batch): for engines that need identities, not the hot path).
+        Valid between schedule() and update_from_output()."""
+        return self._batch.requests() if self.decode and self._batch is not None else []
 
     @property
     def empty(self) -> bool:
-        return not self.prefills and not self.decodes
+        return not self.prefills and not self.decode
 
 
 class Scheduler:
@@ -39,19 +53,29 @@ class Scheduler:
         self.b = policy.behaviour
         self.profile = profile
         self.predictor = predictor or MoPE()
-        self.running: list[Request] = []          # admission order
+        self.running: dict[int, Request] = {}     # rid -> request, admission order
+        self.prefilling: list[Request] = []       # running requests still in prefill, admission order
+        self.dec = DecodeSet(profile.block_tokens)
+        self.pre_kv = 0                           # KV tokens held by the prefilling requests
         self.running_by_client: dict[str, int] = defaultdict(int)
         self.kv_capacity = profile.kv_capacity_tokens
         self.reserved = 0                         # tokens reserved by running requests
-        self.kv_total = 0                         # KV tokens held by running requests (token granular)
         self.decode_iters = 0                     # decode iterations since the last admission check
         self.budget = self.b.token_budget         # current token budget (adaptive)
         self.preemptions = 0
         self.finished: list[Request] = []
         self.gpu_used: dict[str, float] = defaultdict(float)  # weighted GPU-seconds attributed per client
+        self.client_req: dict[str, Request] = {}  # the first request of each client (its weight is the client's)
+        self.w_of: dict[str, float] = {}          # client -> weight
+        self._seq = 0
 
     # arrivals -----------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> None:
+        first = self.client_req.setdefault(req.client, req)
+        if first.weight != req.weight:
+            raise RequestError(f"request {req.rid} ({req.client}): weight {req.weight} differs from the weight "
+                               f"{first.weight} of the client's request {first.rid}; a client has one weight")
+        self.w_of[req.client] = req.weight
         req.predicted_output = max(1.0, self.predictor.predict_output(req.client, req.prompt_tokens))
         self.policy.add(req, now, self.running_by_client)
 
@@ -69,24 +93,33 @@ class Scheduler:
             min(max(req.predicted_output * self.b.reserve_factor, 1.0), req.max_output)
         return self._blocks(req.prompt_tokens + out)
 
+    @property
+    def kv_total(self) -> int:
+        """KV-cache tokens held now (token granular)."""
+        return self.dec.kv() + self.pre_kv
+
     def kv_used(self) -> int:
         """KV-cache tokens held now (block granular)."""
-        return sum(self._blocks(r.kv_tokens) for r in self.running)
+        bt = self.profile.block_tokens
+        return (self.dec.kv_blocks() + sum(-(-r.prefilled // bt) for r in self.prefilling)) * bt
+
+    def batch(self) -> list[Request]:
+        """The running requests in admission order, their counters brought up to date (O(batch))."""
+        self.dec.requests()
+        return list(self.running.values())
 
     # one iteration --------------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
-        out = SchedulerOutput()
-        decodes, in_prefill = [], []
-        for r in self.running:
-            (in_prefill if r.prefilled < r.prefill_goal else decodes).append(r)
+        out = SchedulerOutput(_batch=self.dec)
+        n_dec = len(self.dec)
         if self.b.chunked_prefill:
             # stall-free: every decode runs; prefill chunks fill the rest of the token budget
-            out.decodes = decodes
-            room = max(self.budget - len(decodes), 0)
-            for r in in_prefill:
+            out.decode = n_dec > 0
+            room = max(self.budget - n_dec, 0)
+            for r in self.prefilling:
                 if room <= 0:
                     break
-                c = min(r.prefill_target - r.prefilled, room)
+                c = min(r.prefill_goal - r.prefilled, room)
                 out.prefills.append((r, c))
                 room -= c
             while room > 0 and self.policy.waiting and len(self.running) < self.b.max_batch:
@@ -95,27 +128,30 @@ class Scheduler:
                     break
                 r = self._admit(now)
                 out.admitted.append(r)
-                c = min(r.prefill_target - r.prefilled, room)
+                c = min(r.prefill_goal - r.prefilled, room)
                 out.prefills.append((r, c))
                 room -= c
         else:
             # the VTC artifact's engine: new requests are looked at every `admit_every` decode steps (or when
             # idle); admitted prompts are prefilled whole in an iteration of their own, pausing decodes
-            if in_prefill:
-                out.prefills = [(r, r.prefill_target - r.prefilled) for r in in_prefill]
-            elif self.policy.waiting and (not decodes or self.decode_iters >= self.b.admit_every):
+            if self.prefilling:
+                out.prefills = [(r, r.prefill_goal - r.prefilled) for r in self.prefilling]
+            elif self.policy.waiting and (not n_dec or self.decode_iters >= self.b.admit_every):
                 self.decode_iters = 0
                 while self.policy.waiting and len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
                     r = self._admit(now)
                     out.admitted.append(r)
-                    out.prefills.append((r, r.prefill_target - r.prefilled))
+                    out.prefills.append((r, r.prefill_goal - r.prefilled))
             if not out.prefills:
-                out.decodes = decodes
+                out.decode = n_dec > 0
         self._make_room(out)
         if out.empty and self.running:
             # the prompts admitted for a prefill-only iteration were evicted again to make KV room: decode instead
-            out.decodes = [r for r in self.running if not r.in_prefill]
+            out.decode = len(self.dec) > 0
             self._make_room(out)
+        if out.decode:
+            out.n_decode = len(self.dec)
+            out.decode_kv = self.dec.kv()
         return out
 
     def _fits(self, req: Request) -> bool:
@@ -125,11 +161,13 @@ class Scheduler:
         r = self.policy.pop(now)
         # predict again at admission: the history has grown since the request arrived
         r.predicted_output = max(1.0, self.predictor.predict_output(r.client, r.prompt_tokens))
-        batch_kv = sum(x.kv_tokens for x in self.running)
         r.predicted_gpu_s, _, _ = MoPE.predict_resources(self.profile, r.prompt_tokens, r.predicted_output,
-                                                         len(self.running), batch_kv)
+                                                         len(self.running), self.kv_total)
         r.prefill_goal = r.prompt_tokens + r.generated  # after a preemption the generated tokens are recomputed
-        self.running.append(r)
+        self._seq += 1
+        r.seq = self._seq
+        self.running[r.rid] = r
+        self.prefilling.append(r)
         self.running_by_client[r.client] += 1
         self.reserved += self._reservation(r)
         if r.admitted is None:
@@ -143,27 +181,32 @@ class Scheduler:
             return  # every admitted request holds a reservation for its whole output: it always fits
 
         bt = self.profile.block_tokens
-        grow_total = sum(c for _, c in out.prefills) + len(out.decodes)
+        ahead = 1 if out.decode else 0
+        grow_total = sum(c for _, c in out.prefills) + ahead * len(self.dec)
         if self.kv_total + grow_total + len(self.running) * (bt - 1) <= self.kv_capacity:
             return  # even rounding every request up to a whole block, it fits
 
         def need() -> int:
-            grow = {id(r): c for r, c in out.prefills}
-            for r in out.decodes:
-                grow[id(r)] = grow.get(id(r), 0) + 1
-            return sum(-(-(r.prefilled + r.decoded + grow.get(id(r), 0)) // bt) for r in self.running) * bt
+            grow = {r.rid: c for r, c in out.prefills}
+            pre = sum(-(-(r.prefilled + grow.get(r.rid, 0)) // bt) for r in self.prefilling)
+            return (self.dec.kv_blocks(ahead) + pre) * bt
 
         while need() > self.kv_capacity and len(self.running) > 1:
-            victim = self.running[-1]
+            victim = self.running[next(reversed(self.running))]
             self._evict(victim)
             out.prefills = [(r, c) for r, c in out.prefills if r is not victim]
-            out.decodes = [r for r in out.decodes if r is not victim]
             out.admitted = [r for r in out.admitted if r is not victim]
             out.preempted.append(victim)
+        if out.decode and not self.dec:
+            out.decode = False
 
     def _evict(self, r: Request) -> None:
-        self.running.remove(r)
-        self.kv_total -= r.kv_tokens
+        if r in self.dec:
+            self.dec.remove(r)
+        else:
+            self.prefilling.remove(r)
+            self.pre_kv -= r.prefilled
+        del self.running[r.rid]
         self.running_by_client[r.client] -= 1
         self.reserved -= self._reservation(r)
         r.prefilled = 0   # recompute: its KV is dropped, prompt + generated tokens are prefilled again
@@ -173,10 +216,20 @@ class Scheduler:
         self.policy.requeue_front(r, self.running_by_client)
 
     def quiet_steps(self, out: SchedulerOutput) -> int:
-        """How many identical decode-only iterations can be folded into this one (no decision in between)."""
-        if out.prefills or not out.decodes or out.admitted or out.preempted:
+        """How many identical iterations can be folded into this one (no decision in between).
+
+        Decode-only iterations fold until a request finishes (or an admission point comes). With chunked prefill,
+        iterations that give one long prompt a full-budget chunk also fold: no admission is possible while the
+        chunk takes all the room, so until the prompt's last chunk (or a finish) every iteration is alike."""
+        if out.preempted:
             return 1
-        k = min(r.output_tokens - r.generated for r in out.decodes)
+        if out.prefills:
+            return self._prefill_steps(out)  # (an admission happens in the first of the folded iterations)
+        if out.admitted:
+            return 1
+        if not out.decode:
+            return 1
+        k = self.dec.steps_to_next_finish()
         if self.policy.waiting:
             if self.b.chunked_prefill:
                 if len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
@@ -186,71 +239,77 @@ class Scheduler:
                 k = min(k, max(self.b.admit_every - self.decode_iters, 1))
         if self.b.reserve != "full":
             free = self.kv_capacity - self.kv_used()
-            k = min(k, max(free // max(len(out.decodes), 1) - self.profile.block_tokens, 1))
+            k = min(k, max(free // max(out.n_decode, 1) - self.profile.block_tokens, 1))
+        return max(int(k), 1)
+
+    def _prefill_steps(self, out: SchedulerOutput) -> int:
+        if not self.b.chunked_prefill or self.b.adaptive or len(out.prefills) != 1:
+            return 1
+        r, c = out.prefills[0]
+        if c != self.budget - out.n_decode:
+            return 1  # the chunk leaves room: an admission may come next iteration
+        k = (r.prefill_goal - r.prefilled - 1) // c  # full chunks that leave the prompt unfinished
+        if out.decode:
+            k = min(k, self.dec.steps_to_next_finish())
+        if k > 1 and self.b.reserve != "full":
+            bt = self.profile.block_tokens
+            grow = c + out.n_decode  # KV tokens added per iteration
+            k = min(k, (self.kv_capacity - self.kv_total - len(self.running) * (bt - 1)) // grow)
         return max(int(k), 1)
 
     # results ----------------------------------------------------------------------------------
-    def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, list]:
+    def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, int]:
         """Apply an iteration that ended at `now` and took `dt` seconds in total.
 
-        Returns the output tokens emitted per client: {client: [a request of the client, tokens]}."""
+        Returns the output tokens emitted per client."""
         k = out.steps
-        tokens: dict[str, list] = {}
-        gpu: dict[str, float] = defaultdict(float)
+        tokens: dict[str, int] = {}
+        gpu: dict[str, float] = {}
         # iteration time is attributed in proportion to the tokens each sequence processed in it
-        total = float(sum(c for _, c in out.prefills) + k * len(out.decodes)) or 1.0
+        total = float(k * (sum(c for _, c in out.prefills) + out.n_decode)) or 1.0
+        if out.decode:
+            self.dec.advance(k)
+            share = dt * k / total
+            w_of = self.w_of
+            for c, n in self.dec.per_client.items():
+                tokens[c] = n * k
+                gpu[c] = share * n / w_of[c]
+            self.decode_iters += 0 if out.prefills else k
+        done: list[Request] = []
         for r, c in out.prefills:
+            c *= k  # (more than one step only for the full-budget chunks of one long prompt)
             r.prefilled += c
-            self.kv_total += c
-            gpu[r.client] += dt * c / total / r.weight
-            if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token
-                self._emit(r, 1, now, tokens)
-        for r in out.decodes:
-            r.decoded += k
-            gpu[r.client] += dt * k / total / r.weight
-            n = min(k, r.output_tokens - r.generated)  # _emit, inlined on the hot path
-            if n > 0:
+            self.pre_kv += c
+            gpu[r.client] = gpu.get(r.client, 0.0) + dt * c / total / r.weight
+            if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token and starts decoding
                 if r.first_token is None:
                     r.first_token = now
-                r.generated += n
-                t = tokens.get(r.client)
-                if t is None:
-                    tokens[r.client] = [r, n]
+                r.generated += 1
+                tokens[r.client] = tokens.get(r.client, 0) + 1
+                self.prefilling.remove(r)
+                self.pre_kv -= r.prefilled
+                if r.generated >= r.output_tokens:
+                    done.append(r)
                 else:
-                    t[1] += n
-        self.kv_total += k * len(out.decodes)
-        for req, n in tokens.values():  # one charge per client (a client's requests share its weight)
-            self.policy.on_tokens(req, n, now)
-        if out.decodes and not out.prefills:
-            self.decode_iters += k
-        self.policy.on_iteration(gpu, now)
+                    self.dec.add(r)
+        self.policy.on_step(tokens, gpu, now)
+        used = self.gpu_used
         for c, g in gpu.items():
-            self.gpu_used[c] += g
-        if self.b.adaptive and out.decodes:
+            used[c] += g
+        if self.b.adaptive and out.decode:
             self._adapt(dt / k, k, bool(out.preempted))
-        done = [r for r in self.running if r.generated >= r.output_tokens]
+        done += self.dec.pop_finished()
+        if len(done) > 1:
+            done.sort(key=lambda r: r.seq)
         for r in done:
-            self.running.remove(r)
+            del self.running[r.rid]
             self.running_by_client[r.client] -= 1
             self.reserved -= self._reservation(r)
-            self.kv_total -= r.kv_tokens
             r.finished = now
             self.finished.append(r)
             self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
             self.policy.on_finish(r, now)
         return tokens
-
-    def _emit(self, r: Request, n: int, now: float, tokens: dict[str, list]) -> None:
-        n = min(n, r.output_tokens - r.generated)
-        if n <= 0:
-            return
-        if r.first_token is None:
-            r.first_token = now
-        r.generated += n
-        if r.client in tokens:
-            tokens[r.client][1] += n
-        else:
-            tokens[r.client] = [r, n]
 
     def _adapt(self, step_s: float, steps: int = 1, preempted: bool = False) -> None:
         """AIMD on the token budget: halve it when KV pressure forced a preemption, shrink it when steps exceed

@@ -202,7 +202,10 @@ def load_trace_file(path: str | Path) -> Workload:
                 raise RequestError(f"{where}: field 'weight' must be a number, got {w!r}") from None
             if w <= 0:
                 raise RequestError(f"{where}: field 'weight' must be positive, got {w}")
-            weights[str(r["client"])] = w
+            prev = weights.setdefault(str(r["client"]), w)
+            if prev != w:
+                raise RequestError(f"{where}: client {r['client']!r} has weight {w} here but {prev} earlier "
+                                   f"(a client has one weight)")
         dl = r.get("deadline")
         if dl not in (None, ""):
             try:

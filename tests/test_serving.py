@@ -138,30 +138,49 @@ def test_mope_is_deterministic_and_beats_the_single_model():
 
 # engine invariants -----------------------------------------------------------------------------------
 def _run_checked(requests, policy, profile, behaviour=None):
-    """Run the simulator iteration by iteration, checking budget and KV invariants at every step."""
+    """Run the simulator step by step, checking the token budget and the KV cache at every step, and checking
+    the scheduler's aggregate bookkeeping (serving.batch) against the requests' own counters."""
     prof = get_profile(profile)
     pol = make_policy(policy)
     if behaviour:
         pol.behaviour = EngineBehaviour(**{**pol.behaviour.__dict__, **behaviour})
     sched = Scheduler(pol, prof)
-    orig = sched.schedule
-    seen = {"iters": 0, "max_tokens": 0}
+    orig_schedule, orig_update = sched.schedule, sched.update_from_output
+    seen = {"iters": 0, "max_tokens": 0, "folded_prefill": 0}
+    bt = prof.block_tokens
+
+    def explicit():
+        batch = sched.batch()
+        assert sched.kv_total == sum(r.kv_tokens for r in batch), "aggregate KV tokens drifted"
+        assert sched.kv_used() == sum(sched._blocks(r.kv_tokens) for r in batch), "aggregate KV blocks drifted"
+        return batch
 
     def schedule(now):
-        out = orig(now)
+        out = orig_schedule(now)
+        decodes = out.decodes
+        assert len(decodes) == out.n_decode and sum(r.kv_tokens for r in decodes) == out.decode_kv
+        assert all(not r.in_prefill for r in decodes)
         if pol.behaviour.chunked_prefill:
-            tokens = len(out.decodes) + sum(c for _, c in out.prefills)
-            assert sum(c for _, c in out.prefills) <= max(sched.budget - len(out.decodes), 0), "budget exceeded"
+            tokens = len(decodes) + sum(c for _, c in out.prefills)
+            assert sum(c for _, c in out.prefills) <= max(sched.budget - len(decodes), 0), "budget exceeded"
             seen["max_tokens"] = max(seen["max_tokens"], tokens)
         grow = {id(r): c for r, c in out.prefills}
-        for r in out.decodes:
+        for r in decodes:
             grow[id(r)] = grow.get(id(r), 0) + 1
-        after = sum(sched._blocks(r.kv_tokens + grow.get(id(r), 0)) for r in sched.running)
+        after = sum(sched._blocks(r.kv_tokens + grow.get(id(r), 0)) for r in explicit())
         assert after <= sched.kv_capacity, f"KV {after} > capacity {sched.kv_capacity}"
         seen["iters"] += 1
         return out
 
-    sched.schedule = schedule
+    def update(out, now, dt):
+        seen["folded_prefill"] += out.steps > 1 and bool(out.prefills)
+        tokens = orig_update(out, now, dt)
+        batch = explicit()  # after every (possibly folded) step the cache still fits, block by block
+        assert sum(-(-r.kv_tokens // bt) * bt for r in batch) <= sched.kv_capacity
+        assert all(r.generated < r.output_tokens for r in batch)
+        return tokens
+
+    sched.schedule, sched.update_from_output = schedule, update
     res = Simulator(sched, requests).run()
     return res, seen
 
@@ -184,9 +203,101 @@ def test_chunked_prefill_respects_budget_exactly():
     reqs = [R(i, f"c{i % 3}", 0.01 * i, 1500, 20) for i in range(30)]
     res, seen = _run_checked(reqs, "equinox", "a100-llama2-7b", {"adaptive": False, "token_budget": 256})
     assert seen["max_tokens"] == 256  # the budget is used fully and never exceeded
+    assert seen["folded_prefill"] > 0  # full-budget chunks of the 1,500-token prompts were folded
+
+
+def _unfolded():
+    """A scheduler class whose every iteration is simulated one by one (no folding)."""
+    class Unfolded(Scheduler):
+        def quiet_steps(self, out):
+            return 1
+    return Unfolded
+
+
+@pytest.mark.parametrize("policy,workload,kw", [("equinox", "sharegpt", {"n": 400, "rate": 3.0}),
+                                                ("vtc", "sharegpt", {"n": 400, "rate": 3.0}),
+                                                ("equinox", "overload", {})])
+def test_folding_is_exact(policy, workload, kw):
+    """Folded decode steps and folded prefill chunks give the schedule of simulating every iteration: same
+    admissions, same order, the same times up to float rounding."""
+    wl = load_workload(workload, **kw)
+    prof = "a10g-llama-7b" if workload == "overload" else "a100-llama2-7b"
+    runs = []
+    for cls in (Scheduler, _unfolded()):
+        reqs = [r.fresh() for r in wl.requests]
+        sched = cls(make_policy(policy), get_profile(prof))
+        res = Simulator(sched, reqs).run()
+        runs.append((res, sched))
+    (a, sa), (b, sb) = runs
+    assert a.iterations == b.iterations
+    assert len(sa.finished) == len(sb.finished) == len(wl.requests)
+    calls_a = len(a.tbt)
+    assert calls_a < len(b.tbt) / 2, "folding should simulate far fewer steps"
+    assert [r.rid for r in sa.finished] == [r.rid for r in sb.finished]
+    for x, y in zip(sorted(a.requests, key=lambda r: r.rid), sorted(b.requests, key=lambda r: r.rid)):
+        assert (x.preemptions, x.generated) == (y.preemptions, y.generated)
+        for f in ("admitted", "first_token", "finished"):
+            assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-9, abs=1e-9), (x.rid, f)
+    assert a.busy == pytest.approx(b.busy, rel=1e-9) and a.compute == pytest.approx(b.compute, rel=1e-9)
+
+
+def test_decode_set_aggregates_match_requests():
+    """serving.batch.DecodeSet's O(1) KV tokens, exact KV blocks and finish order against a brute-force count."""
+    import random
+
+    from serving.batch import DecodeSet
+    rng = random.Random(7)
+    for bt in (1, 16, 7):
+        ds, live, seq = DecodeSet(bt), [], 0
+        for step in range(3000):
+            op = rng.random()
+            if op < 0.3 or not live:
+                seq += 1
+                r = R(seq, f"c{rng.randrange(4)}", 0.0, rng.randint(1, 90), rng.randint(2, 60))
+                r.prefilled, r.generated, r.seq = r.prompt_tokens + rng.randint(0, 5), 1, seq
+                ds.add(r)
+                live.append(r)
+            elif op < 0.4:
+                r = live.pop(rng.randrange(len(live)))
+                ds.remove(r)
+            else:
+                k = max(1, min(ds.steps_to_next_finish(), rng.randint(1, 40)))
+                ds.advance(k)
+                done = ds.pop_finished()
+                assert all(r.generated == r.output_tokens for r in done)
+                for r in done:
+                    live.remove(r)
+            synced = ds.requests()
+            assert sorted(r.rid for r in synced) == sorted(r.rid for r in live)
+            assert all(r.generated < r.output_tokens for r in live)
+            kv = [r.prefilled + r.decoded for r in live]
+            assert ds.kv() == sum(kv)
+            for ahead in (0, 1, 5):
+                assert ds.kv_blocks(ahead) == sum(-(-(x + ahead) // bt) for x in kv), (bt, step, ahead)
+            assert ds.per_client == {c: n for c in {r.client for r in live}
+                                     if (n := sum(r.client == c for r in live))}
+            if live:
+                assert ds.steps_to_next_finish() == min(r.output_tokens - r.generated for r in live)
+
+
+def test_decoding_past_a_finish_is_an_error():
+    from serving.batch import DecodeSet
+    ds = DecodeSet(16)
+    r = R(1, "a", 0.0, 10, 5)
+    r.prefilled, r.generated, r.seq = 10, 1, 1
+    ds.add(r)
+    ds.advance(6)  # 4 steps were left
+    with pytest.raises(RuntimeError, match="past its last token"):
+        ds.pop_finished()
 
 
 # bad input ---------------------------------------------------------------------------------------------
+def test_client_with_two_weights_rejected():
+    reqs = [R(0, "a", 0.0, 10, 5, weight=1.0), R(1, "a", 0.5, 10, 5, weight=2.0)]
+    with pytest.raises(RequestError, match=r"request 1 \(a\): weight 2.0 differs from the weight 1.0"):
+        simulate(reqs, "vtc")
+
+
 def test_bad_requests_rejected():
     with pytest.raises(RequestError, match="prompt_tokens"):
         R(0, "a", 0.0, -5, 10)
@@ -242,6 +353,9 @@ def test_trace_files(tmp_path):
         "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: fields t/in/out must be numbers"),
         "obj.json": (json.dumps({"t": 0}), "expected a JSON list"),
         "dl.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "deadline": 0}\n', "field 'deadline' must be positive"),
+        "w2.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": 1}\n'
+                     '{"t": 1, "client": "a", "in": 1, "out": 1, "weight": 2}\n',
+                     ":2: client 'a' has weight 2.0 here but 1.0 earlier"),
     }
     for name, (text, msg) in cases.items():
         p = tmp_path / name

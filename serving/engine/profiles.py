@@ -11,6 +11,7 @@ GPU utilisation of an iteration is compute time / iteration time (how busy the t
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 
@@ -49,12 +50,30 @@ class Profile:
         return (self.weight_bytes + self.kv_bytes_per_token * decode_kv_tokens) / self.hbm_bw
 
     def iteration(self, prefill_chunks: list[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> tuple[float, float]:
-        """(seconds, GPU utilisation) of one iteration."""
-        comp = self.compute_time(prefill_chunks, n_decode)
-        mem = self.memory_time(decode_kv_tokens)
-        n_seq = n_decode + len(prefill_chunks)
-        t = max(comp, mem) + self.iter_overhead_s + self.seq_overhead_s * n_seq
+        """(seconds, GPU utilisation) of one iteration (compute_time and memory_time, inlined: the hot path)."""
+        tok, attn = n_decode, 0
+        lh4 = 4 * self.layers * self.hidden
+        for c, ctx in prefill_chunks:
+            tok += c
+            attn += lh4 * c * (ctx + c / 2)
+        comp = (2 * self.params * tok + attn) / (self.peak_flops * self.mfu)
+        mem = (self.weight_bytes + self.kv_bytes_per_token * decode_kv_tokens) / self.hbm_bw
+        t = max(comp, mem) + self.iter_overhead_s + self.seq_overhead_s * (n_decode + len(prefill_chunks))
         return t, comp / t
+
+    def chunk_steps(self, chunk: int, ctx0: int, n: int, kv0: int, k: int,
+                    limit: float = math.inf) -> tuple[int, float, float]:
+        """k iterations that each prefill `chunk` tokens of one prompt (the first after ctx0 tokens of context)
+        beside n decodes whose KV total starts at kv0: (iterations run, total seconds, total compute seconds),
+        stopping before the total would pass `limit` seconds (at least one iteration runs)."""
+        t = comp = 0.0
+        for j in range(k):
+            dt, util = self.iteration([(chunk, ctx0 + j * chunk)], n, kv0 + j * n)
+            if j and t + dt > limit:
+                return j, t, comp
+            t += dt
+            comp += util * dt
+        return k, t, comp
 
     def decode_steps_time(self, n: int, kv0: int, k: int) -> float:
         """Total time of k decode-only steps of n sequences whose KV total starts at kv0 (grows by n a step)."""

@@ -8,6 +8,7 @@ in seconds; every decision point is still simulated exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,64 +58,70 @@ class Simulator:
     def run(self, progress=None) -> SimResult:
         s, p = self.s, self.p
         res = SimResult(self.reqs, self.clients, kv_capacity=s.kv_capacity)
-        service = np.zeros(len(self.clients))
-        now, i, n = 0.0, 0, len(self.reqs)
+        service = dict.fromkeys(self.clients, 0.0)   # accumulated weighted service (VTC's w_p/w_q tokens)
+        reqs, w_p, w_q = self.reqs, self.w_p, self.w_q
+        tbt = res.tbt
+        now, i, n = 0.0, 0, len(reqs)
         next_sample = 0.0
         done_before = 0
+        busy = compute = 0.0
+        iterations = 0
         while i < n or s.has_work:
-            while i < n and self.reqs[i].arrival <= now:
-                s.add_request(self.reqs[i], self.reqs[i].arrival)
+            while i < n and reqs[i].arrival <= now:
+                s.add_request(reqs[i], reqs[i].arrival)
                 i += 1
             if not s.has_work:
-                now = self.reqs[i].arrival
+                now = reqs[i].arrival
                 continue
             out = s.schedule(now)
             if out.empty:
                 if i < n:  # nothing can run until more arrives (cannot happen with a non-empty batch)
-                    now = self.reqs[i].arrival
+                    now = reqs[i].arrival
                     continue
                 raise RuntimeError(f"scheduler made no progress at t={now:.3f}s with {s.policy.waiting} waiting")
             for r in out.admitted:
-                service[self.cidx[r.client]] += self.w_p * r.prompt_tokens
+                service[r.client] += w_p * r.prompt_tokens
             k = s.quiet_steps(out)
-            if k > 1:
-                k = self._limit_to_arrival(out, k, now, self.reqs[i].arrival if i < n else None)
-            out.steps = k
-            kv_dec = sum(r.prefilled + r.decoded for r in out.decodes)
             if k == 1:
-                chunks = [(c, r.prefilled) for r, c in out.prefills]
-                dt, util = p.iteration(chunks, len(out.decodes), kv_dec)
+                dt, util = p.iteration([(c, r.prefilled) for r, c in out.prefills], out.n_decode, out.decode_kv)
                 comp = util * dt
+            elif out.prefills:  # full-budget chunks of one long prompt, no further than the next arrival
+                (r, c), = out.prefills
+                k, dt, comp = p.chunk_steps(c, r.prefilled, out.n_decode, out.decode_kv, k,
+                                            reqs[i].arrival - now if i < n else math.inf)
             else:
-                dt = p.decode_steps_time(len(out.decodes), kv_dec, k)
-                comp = k * p.compute_time([], len(out.decodes))
+                k = self._limit_to_arrival(out, k, now, reqs[i].arrival if i < n else None)
+                dt = p.decode_steps_time(out.n_decode, out.decode_kv, k)
+                comp = k * p.compute_time([], out.n_decode)
+            out.steps = k
             now += dt
-            for client, (_, g) in s.update_from_output(out, now, dt).items():
-                service[self.cidx[client]] += self.w_q * g
-            if out.decodes:
-                res.tbt.append((dt / k, len(out.decodes) * k))
-            res.busy += dt
-            res.compute += comp
-            res.iterations += k
+            for client, g in s.update_from_output(out, now, dt).items():
+                service[client] += w_q * g
+            if out.decode:
+                tbt.append((dt / k, out.n_decode * k))
+            busy += dt
+            compute += comp
+            iterations += k
             if now >= next_sample:
-                res.kv_peak = max(res.kv_peak, s.kv_used())
                 self._sample(res, now, service)
                 next_sample = now + self.sample_dt
             if progress is not None and len(s.finished) != done_before:
                 progress.update(len(s.finished) - done_before)
                 done_before = len(s.finished)
         self._sample(res, now, service)
+        res.busy, res.compute, res.iterations = busy, compute, iterations
         res.makespan = now
         res.preemptions = s.preemptions
         return res
 
     def _limit_to_arrival(self, out, k: int, now: float, next_arrival: float | None) -> int:
-        """Fold no further than the next arrival (its counter lift must see the counters of its time)."""
+        """Fold decode steps no further than the next arrival (its counter lift must see the counters of its
+        time). Folded prefill chunks are limited the same way inside Profile.chunk_steps."""
         if next_arrival is None:
             return k
-        n, kv0 = len(out.decodes), sum(r.kv_tokens for r in out.decodes)
+        n, kv0 = out.n_decode, out.decode_kv
         lo, hi = 1, k
-        while lo < hi:  # largest j <= k whose steps end before the arrival
+        while lo < hi:  # largest j <= k whose steps end before the arrival (closed form per probe)
             mid = (lo + hi + 1) // 2
             if now + self.p.decode_steps_time(n, kv0, mid) <= next_arrival:
                 lo = mid
@@ -122,13 +129,13 @@ class Simulator:
                 hi = mid - 1
         return lo
 
-    def _sample(self, res: SimResult, now: float, service: np.ndarray) -> None:
+    def _sample(self, res: SimResult, now: float, service: dict[str, float]) -> None:
         res.kv_peak = max(res.kv_peak, self.s.kv_used())
         q = self.s.policy.queues
         backlog = np.array([bool(q.get(c)) for c in self.clients])
         running = np.array([self.s.running_by_client.get(c, 0) > 0 for c in self.clients])
         res.samples_t.append(now)
-        res.samples_service.append(service.copy())
+        res.samples_service.append(np.array([service[c] for c in self.clients]))
         res.samples_backlog.append(backlog)
         res.samples_active.append(backlog | running)
         res.samples_gpu.append(np.array([self.s.gpu_used.get(c, 0.0) for c in self.clients]))

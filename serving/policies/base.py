@@ -72,6 +72,7 @@ class Policy(abc.ABC):
         self.behaviour = behaviour or self.default_behaviour()
         self.queues: dict[str, deque[Request]] = {}
         self.waiting = 0
+        self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
 
     @classmethod
     def default_behaviour(cls) -> EngineBehaviour:
@@ -81,6 +82,8 @@ class Policy(abc.ABC):
     def add(self, req: Request, now: float, running: dict[str, int]) -> None:
         q = self.queues.get(req.client)
         newly_backlogged = not q
+        if req.client not in self.rep:
+            self.rep[req.client] = req
         if q is None:
             q = self.queues[req.client] = deque()
         q.append(req)
@@ -135,3 +138,10 @@ class Policy(abc.ABC):
 
     def on_iteration(self, gpu_seconds: dict[str, float], now: float) -> None:
         """Measured GPU time attributed to each client in the last iteration(s)."""
+
+    def on_step(self, tokens: dict[str, int], gpu_seconds: dict[str, float], now: float) -> None:
+        """One engine step's results: output tokens and measured (weighted) GPU-seconds per client.
+        The scheduler calls this once per step; the default hands each client's tokens to on_tokens."""
+        for c, n in tokens.items():
+            self.on_tokens(self.rep[c], n, now)
+        self.on_iteration(gpu_seconds, now)

@@ -13,6 +13,7 @@ order is the VTC order, so Equinox reduces to VTC (tests/test_serving.py shows i
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
 
 from serving.policies.base import EngineBehaviour
@@ -43,7 +44,7 @@ class EquinoxPolicy(VTCPolicy):
         self.cfg = config or EquinoxConfig()
         self.wait: dict[str, float] = {}      # per-client running mean wait before admission (s)
         self.wait_all = 0.0                   # running mean over everyone
-        self.rfc: dict[str, float] = {}
+        self.rfc: dict[str, float] = defaultdict(float)
         self.scale_u = 256.0                  # typical tokens charged per request (running mean)
         self.scale_r = 1.0                    # typical GPU-seconds per request (running mean)
         self._built = (self.scale_u, self.scale_r, self.wait_all)
@@ -91,9 +92,10 @@ class EquinoxPolicy(VTCPolicy):
         super().on_admit(req, now)
 
     def on_iteration(self, gpu_seconds, now):
+        rfc = self.rfc
         for c, g in gpu_seconds.items():
-            self.rfc[c] = self.rfc.get(c, 0.0) + g
-            self._refresh(c)
+            rfc[c] += g
+        self._dirty.update(gpu_seconds)
 
     def on_finish(self, req, now):
         # the measured attribution has been charged: take the admission-time prediction back out

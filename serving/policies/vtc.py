@@ -24,6 +24,7 @@ class VTCPolicy(Policy):
         self.w_p, self.w_q = w_p, w_q
         self.counter: dict[str, float] = {}
         self.heap = ClientHeap()
+        self._dirty: set[str] = set()   # clients whose priority changed since the heap was last brought up to date
 
     # the artifact's engine: admission every 10 decode steps, whole-prompt prefill, full KV reservation
     @classmethod
@@ -34,10 +35,17 @@ class VTCPolicy(Policy):
         return self.counter.get(client, 0.0)
 
     def _refresh(self, client: str) -> None:
-        if client in self.heap or self.queues.get(client):
-            self.heap.set(client, self.priority(client))
+        # charges arrive every iteration for every client with a running request; the heap is brought up to date
+        # only when a decision is taken (amortised O(log clients) per charge, and nothing while nobody waits)
+        self._dirty.add(client)
 
     def next_client(self):
+        if self._dirty:
+            q, heap = self.queues, self.heap
+            for c in self._dirty:
+                if q.get(c):
+                    heap.set(c, self.priority(c))
+            self._dirty.clear()
         return self.heap.peek()
 
     def on_arrival(self, req, now, newly_backlogged, running):
@@ -68,6 +76,14 @@ class VTCPolicy(Policy):
     def on_tokens(self, req, n, now):
         self.charge(req.client, self.w_q * n / req.weight)
 
+    def on_step(self, tokens, gpu_seconds, now):
+        # on_tokens for every client at once (the hot path: called every engine step)
+        cnt, rep, w_q = self.counter, self.rep, self.w_q
+        for c, n in tokens.items():
+            cnt[c] += w_q * n / rep[c].weight  # every client with tokens has arrived: its counter exists
+        self._dirty.update(tokens)
+        self.on_iteration(gpu_seconds, now)
+
 
 class VTCPredictedPolicy(VTCPolicy):
     """VTC charging the predicted output at admission, corrected to the actual count at completion."""
@@ -79,6 +95,9 @@ class VTCPredictedPolicy(VTCPolicy):
 
     def on_tokens(self, req, n, now):
         pass
+
+    def on_step(self, tokens, gpu_seconds, now):
+        self.on_iteration(gpu_seconds, now)  # output is charged from the prediction, corrected at completion
 
     def on_finish(self, req, now):
         self.charge(req.client, self.w_q * (req.output_tokens - req.predicted_output) / req.weight)

@@ -1,0 +1,135 @@
+"""The decoding part of the running batch, kept in O(1) per iteration.
+
+In every iteration either all decoding sequences produce a token or none do (chunked prefill runs every decode;
+the VTC artifact's engine alternates prefill-only and decode-all iterations). So one global step counter ``steps``
+says how far every decoding sequence has advanced: a request that joined at step ``r.dstart`` has produced
+``steps - r.dstart`` more tokens than its fields say. Per-request fields are brought up to date (``sync``) only
+when someone looks at the request: when it finishes, is evicted, or an engine asks for the batch.
+
+The aggregates the scheduler needs every iteration are kept incrementally:
+  * KV tokens held, ``kv() = sum(x_r) + n * steps`` with ``x_r = kv_r - steps`` fixed per member;
+  * KV *blocks* held (block-granular, exact): with ``x_r = bt * q_r + m_r``, a member holds
+    ``q_r + Q + c(m_r + R)`` blocks at ``steps = bt * Q + R``, where ``c(v)`` is 0, 1 or 2 as ``v`` is 0, in
+    ``[1, bt]`` or above ``bt``; so a histogram of the residues ``m_r`` gives the total in O(bt) C-level work;
+  * decoding sequences per client (tokens and GPU time are charged per client, not per request);
+  * a heap of the step at which each member finishes, so finishes are found in O(log n).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+from serving.request import Request
+
+
+class DecodeSet:
+    def __init__(self, block_tokens: int):
+        self.bt = block_tokens
+        self.steps = 0                       # decode iterations run so far (global)
+        self.members: dict[int, Request] = {}
+        self.kv_base = 0                     # sum of x_r
+        self.q_sum = 0                       # sum of q_r
+        self.residues = [0] * block_tokens   # histogram of m_r
+        self.per_client: dict[str, int] = {}
+        self._fin: list[tuple[int, int, Request]] = []   # (step it finishes at, admission seq, request)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def __contains__(self, r: Request) -> bool:
+        return r.rid in self.members
+
+    # membership ---------------------------------------------------------------------------------
+    def add(self, r: Request) -> None:
+        """r's prefill is complete and its fields are current: it decodes from the next decode step on."""
+        r.dstart = self.steps
+        x = r.prefilled + r.decoded - self.steps
+        q, m = divmod(x, self.bt)
+        self.members[r.rid] = r
+        self.kv_base += x
+        self.q_sum += q
+        self.residues[m] += 1
+        self.per_client[r.client] = self.per_client.get(r.client, 0) + 1
+        heapq.heappush(self._fin, (self.steps + r.output_tokens - r.generated, r.seq, r))
+
+    def sync(self, r: Request) -> None:
+        d = self.steps - r.dstart
+        if d:
+            r.decoded += d
+            r.generated += d
+            r.dstart = self.steps
+
+    def remove(self, r: Request) -> None:
+        """Take r out (finished or evicted), its fields brought up to date."""
+        self.sync(r)
+        del self.members[r.rid]
+        x = r.prefilled + r.decoded - self.steps
+        q, m = divmod(x, self.bt)
+        self.kv_base -= x
+        self.q_sum -= q
+        self.residues[m] -= 1
+        n = self.per_client[r.client] - 1
+        if n:
+            self.per_client[r.client] = n
+        else:
+            del self.per_client[r.client]
+        # its heap entry goes stale; _live() skips it
+
+    # steps --------------------------------------------------------------------------------------
+    def advance(self, k: int) -> None:
+        self.steps += k
+
+    def _live(self) -> tuple[int, int, Request] | None:
+        h = self._fin
+        while h:
+            _, seq, r = h[0]
+            if r.rid in self.members and r.seq == seq:
+                return h[0]
+            heapq.heappop(h)
+        return None
+
+    def steps_to_next_finish(self) -> int:
+        """Decode steps until the first member produces its last token (0 when one is done now)."""
+        top = self._live()
+        return top[0] - self.steps if top is not None else 0
+
+    def pop_finished(self) -> list[Request]:
+        """Members that have produced their last token, removed and synced."""
+        h = self._fin
+        if not h or h[0][0] > self.steps:
+            return []  # nothing due (a stale entry at the top is due only if its step has come)
+        done = []
+        while True:
+            top = self._live()
+            if top is None or top[0] > self.steps:
+                break
+            if top[0] < self.steps:
+                raise RuntimeError(f"request {top[2].rid} was decoded {self.steps - top[0]} steps past its last "
+                                   f"token (the engine folded past a finish)")
+            heapq.heappop(self._fin)
+            self.remove(top[2])
+            done.append(top[2])
+        return done
+
+    # aggregates ---------------------------------------------------------------------------------
+    def kv(self, ahead: int = 0) -> int:
+        """KV tokens held by the members, `ahead` steps from now."""
+        return self.kv_base + len(self.members) * (self.steps + ahead)
+
+    def kv_blocks(self, ahead: int = 0) -> int:
+        """KV blocks held by the members `ahead` steps from now (each member rounded up to whole blocks)."""
+        n = len(self.members)
+        if not n:
+            return 0
+        Q, R = divmod(self.steps + ahead, self.bt)
+        blocks = self.q_sum + n * (Q + 1) + sum(self.residues[self.bt + 1 - R:]) if R else self.q_sum + n * (Q + 1)
+        if R == 0:
+            blocks -= self.residues[0]
+        return blocks
+
+    def requests(self) -> list[Request]:
+        """The members, synced, in admission order."""
+        rs = sorted(self.members.values(), key=lambda r: r.seq)
+        for r in rs:
+            self.sync(r)
+        return rs
