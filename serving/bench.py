@@ -45,14 +45,14 @@ def format_table(results, base: str = "vtc") -> str:
         return f"{x / y:5.2f}x" if b is not None and y else "   - "
 
     head = (f"{'policy':<22} {'tok/s':>8} {'vs VTC':>7} {'TTFT s':>8} {'vs VTC':>7} {'p99 TTFT':>9} {'Jain':>6} "
-            f"{'vs VTC':>7} {'contend':>7} {'Jain lat':>8} {'vs VTC':>7} {'GPU util':>8} {'SM util':>7} {'gap/bound':>9} {'preempt':>7} {'req/wall s':>10}")
+            f"{'vs VTC':>7} {'contend':>7} {'Jain lat':>8} {'vs VTC':>7} {'Jain res':>8} {'GPU util':>8} {'SM util':>7} {'gap/bound':>9} {'preempt':>7} {'req/wall s':>10}")
     lines = [head, "-" * len(head)]
     for label, (s, _, wall) in results.items():
         lines.append(
             f"{label:<22} {s.throughput_tok_s:8.1f} {ratio(s.throughput_tok_s, b.throughput_tok_s if b else 0):>7} "
             f"{s.ttft_mean:8.2f} {ratio(s.ttft_mean, b.ttft_mean if b else 0):>7} {s.ttft_p99:9.2f} {s.jain:6.3f} "
             f"{ratio(s.jain, b.jain if b else 0):>7} {s.contended * 100:6.0f}% {s.jain_latency:8.3f} "
-            f"{ratio(s.jain_latency, b.jain_latency if b else 0):>7} {s.gpu_util * 100:7.1f}% "
+            f"{ratio(s.jain_latency, b.jain_latency if b else 0):>7} {s.jain_resource:8.3f} {s.gpu_util * 100:7.1f}% "
             f"{s.sm_util * 100:6.1f}% {s.max_gap / s.vtc_bound:9.2f} "
             f"{s.preemptions:7d} {s.requests / wall:10.0f}")
     return "\n".join(lines)

@@ -87,18 +87,18 @@ class ClientHistory:
 
 class PromptRegression:
     """Ordinary least squares of output on (1, log(1 + prompt)) over the window, from running sums (O(1) per
-    update). The sums of x are kept in integers of 2**-32 so adding and removing values never drifts. With no
-    spread in x (every prompt the same length) the fit is the mean output."""
+    update; the sums are recomputed exactly, math.fsum, once per window of updates so rounding never builds up).
+    With no spread in x (every prompt the same length) the fit is the mean output."""
 
     name = "prompt_regression"
-    _Q = 2 ** 32
 
     def __init__(self, cfg: MoPEConfig):
         self.cfg = cfg
-        self.x: deque = deque(maxlen=cfg.window)   # log1p(prompt), fixed point
+        self.x: deque = deque(maxlen=cfg.window)   # log1p(prompt)
         self.y: deque = deque(maxlen=cfg.window)
-        self.sx = self.sy = self.sxx = self.sxy = 0  # exact integer sums
+        self.sx = self.sy = self.sxx = self.sxy = 0.0
         self.coef = None
+        self._since = 0
 
     def predict(self, client: str, prompt: int) -> float:
         if self.coef is None:
@@ -107,28 +107,35 @@ class PromptRegression:
         return max(1.0, a + b * math.log1p(prompt))
 
     def observe(self, client: str, prompt: int, output: int) -> None:
+        x = math.log1p(prompt)
         if len(self.x) == self.x.maxlen:
             ox, oy = self.x[0], self.y[0]
             self.sx -= ox
             self.sy -= oy
             self.sxx -= ox * ox
             self.sxy -= ox * oy
-        x = round(math.log1p(prompt) * self._Q)
         self.x.append(x)
         self.y.append(output)
-        self.sx += x
-        self.sy += output
-        self.sxx += x * x
-        self.sxy += x * output
+        self._since += 1
+        if self._since >= self.x.maxlen:
+            self._since = 0
+            self.sx, self.sy = math.fsum(self.x), math.fsum(self.y)
+            self.sxx = math.fsum(v * v for v in self.x)
+            self.sxy = math.fsum(u * v for u, v in zip(self.x, self.y))
+        else:
+            self.sx += x
+            self.sy += output
+            self.sxx += x * x
+            self.sxy += x * output
         n = len(self.x)
         if n >= 8:
-            Q = self._Q
-            var = n * self.sxx - self.sx * self.sx          # n^2 Var(x), scaled by Q^2 (exact)
-            if var * 10**6 <= self.sxx * n:                  # no spread in prompt length: the mean
+            mx = self.sx / n
+            var = self.sxx / n - mx * mx                    # Var(x)
+            if var <= 1e-9 * max(self.sxx / n, 1e-12):       # no spread in prompt length: the mean
                 self.coef = (self.sy / n, 0.0)
             else:
-                b = (n * self.sxy - self.sx * self.sy) * Q / var
-                self.coef = ((self.sy - b * self.sx / Q) / n, b)
+                b = (self.sxy / n - mx * self.sy / n) / var
+                self.coef = (self.sy / n - b * mx, b)
 
 
 class RegimeQuantile:
@@ -161,6 +168,7 @@ class MoPE:
         self.experts = [ClientHistory(self.cfg), PromptRegression(self.cfg), RegimeQuantile(self.cfg)]
         self.err = [self.cfg.prior_output] * len(self.experts)
         self._gate = self._compute_gate()
+        self.version = 0   # bumped by every observation: a prediction made at the same version is the same
 
     def _compute_gate(self) -> list[float]:
         scale = max(min(self.err), 1.0)
@@ -181,6 +189,7 @@ class MoPE:
             self.err[i] = (1 - d) * self.err[i] + d * abs(e.predict(client, prompt) - output)
             e.observe(client, prompt, output)
         self._gate = self._compute_gate()
+        self.version += 1
 
     # derived predictions -------------------------------------------------------------------------
     @staticmethod

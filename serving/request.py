@@ -23,8 +23,11 @@ class Request:
     deadline: float | None = None # optional latency target for the whole request (seconds after arrival)
     max_new_tokens: int | None = None  # the generation cap the client asked for (None: exactly output_tokens)
     # life in the engine
-    predicted_output: float = 0.0 # what the predictor said at arrival
+    predicted_output: float = 0.0 # what the predictor says (made when first needed; fixed at admission)
+    pred_version: int = -1        # the predictor's state when predicted_output was made
     predicted_gpu_s: float = 0.0  # GPU-seconds the predictor attributed to it at admission
+    gpu_s: float = 0.0            # measured GPU-seconds attributed to it in its current residency (over its weight)
+    gpu_mark: float = 0.0         # the engine's per-sequence decode GPU-seconds when it last started decoding
     prefilled: int = 0            # prompt (and recomputed) tokens already prefilled
     decoded: int = 0              # decode steps since the last (re)prefill (their KV entries)
     prefill_goal: int = 0         # tokens to prefill in this residency: prompt, plus generated ones after a preemption

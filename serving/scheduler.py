@@ -61,6 +61,7 @@ class Scheduler:
         self.kv_capacity = profile.kv_capacity_tokens
         self.reserved = 0                         # tokens reserved by running requests
         self.decode_iters = 0                     # decode iterations since the last admission check
+        self.decode_gpu = 0.0                     # GPU-seconds attributed to each decoding sequence so far (unweighted)
         self.budget = self.b.token_budget         # current token budget (adaptive)
         self.preemptions = 0
         self.finished: list[Request] = []
@@ -76,8 +77,16 @@ class Scheduler:
             raise RequestError(f"request {req.rid} ({req.client}): weight {req.weight} differs from the weight "
                                f"{first.weight} of the client's request {first.rid}; a client has one weight")
         self.w_of[req.client] = req.weight
-        req.predicted_output = max(1.0, self.predictor.predict_output(req.client, req.prompt_tokens))
         self.policy.add(req, now, self.running_by_client)
+
+    def _predict(self, r: Request) -> float:
+        """MoPE's output prediction for a waiting request, as it would be made now (recomputed only when the
+        predictor has learned something since it was last made)."""
+        v = getattr(self.predictor, "version", None)
+        if v is None or r.pred_version != v:
+            r.predicted_output = max(1.0, self.predictor.predict_output(r.client, r.prompt_tokens))
+            r.pred_version = -1 if v is None else v
+        return r.predicted_output
 
     @property
     def has_work(self) -> bool:
@@ -155,15 +164,17 @@ class Scheduler:
         return out
 
     def _fits(self, req: Request) -> bool:
+        """Would the waiting request's reservation fit, with the prediction that admitting it now would use?"""
+        self._predict(req)
         return self.reserved + self._reservation(req) <= self.kv_capacity
 
     def _admit(self, now: float) -> Request:
         r = self.policy.pop(now)
-        # predict again at admission: the history has grown since the request arrived
-        r.predicted_output = max(1.0, self.predictor.predict_output(r.client, r.prompt_tokens))
+        self._predict(r)  # the prediction as of admission (fixed from here on: its reservation is released later)
         r.predicted_gpu_s, _, _ = MoPE.predict_resources(self.profile, r.prompt_tokens, r.predicted_output,
                                                          len(self.running), self.kv_total)
         r.prefill_goal = r.prompt_tokens + r.generated  # after a preemption the generated tokens are recomputed
+        r.gpu_s = 0.0
         self._seq += 1
         r.seq = self._seq
         self.running[r.rid] = r
@@ -200,9 +211,13 @@ class Scheduler:
         if out.decode and not self.dec:
             out.decode = False
 
+    def _leave_decoding(self, r: Request) -> None:
+        self.dec.remove(r)
+        r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+
     def _evict(self, r: Request) -> None:
         if r in self.dec:
-            self.dec.remove(r)
+            self._leave_decoding(r)
         else:
             self.prefilling.remove(r)
             self.pre_kv -= r.prefilled
@@ -213,6 +228,7 @@ class Scheduler:
         r.decoded = 0
         r.preemptions += 1
         self.preemptions += 1
+        self.policy.on_evict(r)
         self.policy.requeue_front(r, self.running_by_client)
 
     def quiet_steps(self, out: SchedulerOutput) -> int:
@@ -265,40 +281,55 @@ class Scheduler:
         k = out.steps
         tokens: dict[str, int] = {}
         gpu: dict[str, float] = {}
+        prefills = out.prefills
         # iteration time is attributed in proportion to the tokens each sequence processed in it
-        total = float(k * (sum(c for _, c in out.prefills) + out.n_decode)) or 1.0
+        pt = 0
+        for _, c in prefills:
+            pt += c
+        total = float(k * (pt + out.n_decode)) or 1.0
+        dec = self.dec
         if out.decode:
-            self.dec.advance(k)
-            share = dt * k / total
+            dec.advance(k)
+            share = dt * k / total  # each decoding sequence's part of the time
+            self.decode_gpu += share
             w_of = self.w_of
-            for c, n in self.dec.per_client.items():
+            for c, n in dec.per_client.items():
                 tokens[c] = n * k
                 gpu[c] = share * n / w_of[c]
-            self.decode_iters += 0 if out.prefills else k
+            if not prefills:
+                self.decode_iters += k
         done: list[Request] = []
-        for r, c in out.prefills:
+        for r, c in prefills:
             c *= k  # (more than one step only for the full-budget chunks of one long prompt)
             r.prefilled += c
             self.pre_kv += c
-            gpu[r.client] = gpu.get(r.client, 0.0) + dt * c / total / r.weight
+            g = dt * c / total / r.weight
+            r.gpu_s += g
+            client = r.client
+            gpu[client] = gpu.get(client, 0.0) + g
             if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token and starts decoding
                 if r.first_token is None:
                     r.first_token = now
                 r.generated += 1
-                tokens[r.client] = tokens.get(r.client, 0) + 1
+                tokens[client] = tokens.get(client, 0) + 1
                 self.prefilling.remove(r)
                 self.pre_kv -= r.prefilled
                 if r.generated >= r.output_tokens:
                     done.append(r)
                 else:
-                    self.dec.add(r)
+                    dec.add(r)
+                    r.gpu_mark = self.decode_gpu
         self.policy.on_step(tokens, gpu, now)
         used = self.gpu_used
         for c, g in gpu.items():
             used[c] += g
         if self.b.adaptive and out.decode:
             self._adapt(dt / k, k, bool(out.preempted))
-        done += self.dec.pop_finished()
+        for r in dec.pop_finished():
+            r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+            done.append(r)
+        if not done:
+            return tokens
         if len(done) > 1:
             done.sort(key=lambda r: r.seq)
         for r in done:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from serving.engine.profiles import Profile
 from serving.request import Request, RequestError
@@ -31,10 +30,11 @@ class SimResult:
     preemptions: int = 0
     tbt: list[tuple[float, int]] = field(default_factory=list)     # (step seconds, tokens emitted at that step length)
     samples_t: list[float] = field(default_factory=list)            # sample times
-    samples_service: list[np.ndarray] = field(default_factory=list)  # accumulated service per client at each sample
-    samples_backlog: list[np.ndarray] = field(default_factory=list)  # client has waiting requests at each sample
-    samples_active: list[np.ndarray] = field(default_factory=list)   # client has waiting or running requests
-    samples_gpu: list[np.ndarray] = field(default_factory=list)      # accumulated weighted GPU-seconds per client
+    # one row per sample, one entry per client (np.vstack gives a (samples, clients) array)
+    samples_service: list[list[float]] = field(default_factory=list)  # accumulated weighted service
+    samples_backlog: list[list[bool]] = field(default_factory=list)   # client has waiting requests
+    samples_active: list[list[bool]] = field(default_factory=list)    # client has waiting or running requests
+    samples_gpu: list[list[float]] = field(default_factory=list)      # accumulated weighted GPU-seconds
     kv_peak: int = 0
     kv_capacity: int = 0
 
@@ -130,12 +130,12 @@ class Simulator:
         return lo
 
     def _sample(self, res: SimResult, now: float, service: dict[str, float]) -> None:
-        res.kv_peak = max(res.kv_peak, self.s.kv_used())
-        q = self.s.policy.queues
-        backlog = np.array([bool(q.get(c)) for c in self.clients])
-        running = np.array([self.s.running_by_client.get(c, 0) > 0 for c in self.clients])
+        s, cl = self.s, self.clients
+        res.kv_peak = max(res.kv_peak, s.kv_used())
+        q, run, used = s.policy.queues, s.running_by_client, s.gpu_used
+        backlog = [bool(q.get(c)) for c in cl]
         res.samples_t.append(now)
-        res.samples_service.append(np.array([service[c] for c in self.clients]))
+        res.samples_service.append([service[c] for c in cl])
         res.samples_backlog.append(backlog)
-        res.samples_active.append(backlog | running)
-        res.samples_gpu.append(np.array([self.s.gpu_used.get(c, 0.0) for c in self.clients]))
+        res.samples_active.append([b or run.get(c, 0) > 0 for b, c in zip(backlog, cl)])
+        res.samples_gpu.append([used.get(c, 0.0) for c in cl])

@@ -134,7 +134,10 @@ class Policy(abc.ABC):
         """The request produced n output tokens."""
 
     def on_finish(self, req: Request, now: float) -> None:
-        """The request completed."""
+        """The request completed (req.gpu_s: the GPU-seconds measured for it in this residency)."""
+
+    def on_evict(self, req: Request) -> None:
+        """The request was evicted from the batch (it is requeued next; req.gpu_s as in on_finish)."""
 
     def on_iteration(self, gpu_seconds: dict[str, float], now: float) -> None:
         """Measured GPU time attributed to each client in the last iteration(s)."""

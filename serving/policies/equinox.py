@@ -44,7 +44,10 @@ class EquinoxPolicy(VTCPolicy):
         self.cfg = config or EquinoxConfig()
         self.wait: dict[str, float] = {}      # per-client running mean wait before admission (s)
         self.wait_all = 0.0                   # running mean over everyone
-        self.rfc: dict[str, float] = defaultdict(float)
+        self.gpu_meas: dict[str, float] = defaultdict(float)      # measured weighted GPU-seconds, all requests
+        self.gpu_meas_run: dict[str, float] = defaultdict(float)  # the part measured for requests now running
+        self.gpu_pred_run: dict[str, float] = defaultdict(float)  # predicted for requests now running
+        self.rfc_lift: dict[str, float] = defaultdict(float)      # raised by lifts
         self.scale_u = 256.0                  # typical tokens charged per request (running mean)
         self.scale_r = 1.0                    # typical GPU-seconds per request (running mean)
         self._built = (self.scale_u, self.scale_r, self.wait_all)
@@ -63,9 +66,14 @@ class EquinoxPolicy(VTCPolicy):
         rel = self.wait.get(client, self.wait_all) / self.wait_all - 1.0
         return c - self.cfg.latency_weight * self.scale_u * max(-1.0, min(1.0, rel))
 
+    def rfc(self, client: str) -> float:
+        """Weighted GPU-seconds: measured so far, plus what is predicted and not yet measured for the running
+        requests (a request's prediction is replaced by its measurement as it runs, and overruns count)."""
+        return (self.rfc_lift[client] + self.gpu_meas[client]
+                + max(0.0, self.gpu_pred_run[client] - self.gpu_meas_run[client]))
+
     def priority(self, client: str) -> float:
-        return (self.cfg.alpha * self.ufc(client) / self.scale_u
-                + self.cfg.beta * self.rfc.get(client, 0.0) / self.scale_r)
+        return self.cfg.alpha * self.ufc(client) / self.scale_u + self.cfg.beta * self.rfc(client) / self.scale_r
 
     def _rescale(self, tokens: float, gpu_s: float) -> None:
         """Update the normalisation scales; rebuild the heap only when they drift (keeps decisions O(log n))."""
@@ -83,21 +91,37 @@ class EquinoxPolicy(VTCPolicy):
                 if q:
                     self.heap.set(c, self.priority(c))
 
+    def on_arrival(self, req, now, newly_backlogged, running):
+        if newly_backlogged:
+            # the resource counter is lifted like VTC's: idle time banks no GPU credit either
+            t = self.lift_target(req.client, running, self.rfc)
+            if t is not None:
+                self.rfc_lift[req.client] += max(0.0, t - self.rfc(req.client))
+        super().on_arrival(req, now, newly_backlogged, running)
+
     def on_admit(self, req, now):
         wait = now - req.arrival
         self.wait[req.client] = 0.8 * self.wait.get(req.client, wait) + 0.2 * wait
         self.wait_all = 0.95 * self.wait_all + 0.05 * wait if self.wait_all else wait
-        self.rfc[req.client] = self.rfc.get(req.client, 0.0) + req.predicted_gpu_s / req.weight
+        self.gpu_pred_run[req.client] += req.predicted_gpu_s / req.weight
         self._rescale(self.w_p * req.prompt_tokens + self.w_q * req.predicted_output, req.predicted_gpu_s)
         super().on_admit(req, now)
 
     def on_iteration(self, gpu_seconds, now):
-        rfc = self.rfc
+        meas, run = self.gpu_meas, self.gpu_meas_run
         for c, g in gpu_seconds.items():
-            rfc[c] += g
+            meas[c] += g
+            run[c] += g
         self._dirty.update(gpu_seconds)
 
-    def on_finish(self, req, now):
-        # the measured attribution has been charged: take the admission-time prediction back out
-        self.rfc[req.client] = self.rfc.get(req.client, 0.0) - req.predicted_gpu_s / req.weight
+    def _leave(self, req) -> None:
+        # the request's measurement stays in gpu_meas; its prediction and running measurement leave
+        self.gpu_pred_run[req.client] -= req.predicted_gpu_s / req.weight
+        self.gpu_meas_run[req.client] -= req.gpu_s
         self._refresh(req.client)
+
+    def on_finish(self, req, now):
+        self._leave(req)
+
+    def on_evict(self, req):
+        self._leave(req)

@@ -52,12 +52,18 @@ class VTCPolicy(Policy):
         c = req.client
         self.counter.setdefault(c, 0.0)
         if newly_backlogged:
-            others = [self.counter[k] for k, q in self.queues.items() if q and k != c]
-            if not others:
-                others = [self.counter[k] for k, n in running.items() if n > 0 and k != c]
-            if others:
-                self.counter[c] = max(self.counter[c], min(others))
+            t = self.lift_target(c, running, self.counter.get)
+            if t is not None:
+                self.counter[c] = max(self.counter[c], t)
             self.on_backlogged(c)
+
+    def lift_target(self, c: str, running: dict[str, int], value) -> float | None:
+        """Where VTC's lift takes a counter of client c whose queue just became non-empty: the minimum `value`
+        of the other clients with waiting requests, else of those with requests running, else None."""
+        others = [value(k) for k, q in self.queues.items() if q and k != c]
+        if not others:
+            others = [value(k) for k, n in running.items() if n > 0 and k != c]
+        return min(others) if others else None
 
     def on_backlogged(self, client):
         self.counter.setdefault(client, 0.0)
