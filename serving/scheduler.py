@@ -211,6 +211,14 @@ class Scheduler:
         if out.decode and not self.dec:
             out.decode = False
 
+    def _leave_batch(self, r: Request) -> None:
+        rbc = self.running_by_client  # only clients with requests running have an entry
+        n = rbc[r.client] - 1
+        if n:
+            rbc[r.client] = n
+        else:
+            del rbc[r.client]
+
     def _leave_decoding(self, r: Request) -> None:
         self.dec.remove(r)
         r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
@@ -222,7 +230,7 @@ class Scheduler:
             self.prefilling.remove(r)
             self.pre_kv -= r.prefilled
         del self.running[r.rid]
-        self.running_by_client[r.client] -= 1
+        self._leave_batch(r)
         self.reserved -= self._reservation(r)
         r.prefilled = 0   # recompute: its KV is dropped, prompt + generated tokens are prefilled again
         r.decoded = 0
@@ -334,7 +342,7 @@ class Scheduler:
             done.sort(key=lambda r: r.seq)
         for r in done:
             del self.running[r.rid]
-            self.running_by_client[r.client] -= 1
+            self._leave_batch(r)
             self.reserved -= self._reservation(r)
             r.finished = now
             self.finished.append(r)

@@ -53,6 +53,7 @@ class Simulator:
         self.clients = sorted({r.client for r in self.reqs})
         self.cidx = {c: i for i, c in enumerate(self.clients)}
         self.sample_dt = sample_dt
+        self._scan = (0, -1)   # (where the last arrival scan stopped, the policy's drain count then)
         self.w_p, self.w_q = w_p, w_q
 
     def run(self, progress=None) -> SimResult:
@@ -87,10 +88,11 @@ class Simulator:
                 comp = util * dt
             elif out.prefills:  # full-budget chunks of one long prompt, no further than the next arrival
                 (r, c), = out.prefills
+                nxt = self._next_arrival_that_matters(i)
                 k, dt, comp = p.chunk_steps(c, r.prefilled, out.n_decode, out.decode_kv, k,
-                                            reqs[i].arrival - now if i < n else math.inf)
+                                            nxt - now if nxt is not None else math.inf)
             else:
-                k = self._limit_to_arrival(out, k, now, reqs[i].arrival if i < n else None)
+                k = self._limit_to_arrival(out, k, now, self._next_arrival_that_matters(i))
                 dt = p.decode_steps_time(out.n_decode, out.decode_kv, k)
                 comp = k * p.compute_time([], out.n_decode)
             out.steps = k
@@ -113,6 +115,24 @@ class Simulator:
         res.makespan = now
         res.preemptions = s.preemptions
         return res
+
+    def _next_arrival_that_matters(self, i: int) -> float | None:
+        """The time of the first arrival, from reqs[i] on, whose client has no request waiting.
+
+        Called only for a fold, during which nothing is admitted: a request of a client that already waits
+        joins the back of its client's queue and changes no decision, lift or sample until the fold ends, so
+        it is added then (with its own arrival time). A client with nothing waiting is lifted on arrival and
+        may be admitted at once: the fold stops there. The scan resumes where the last one stopped while no
+        queue has drained since (arrivals it passed still do not matter), so it costs O(1) per arrival."""
+        reqs, pol = self.reqs, self.s.policy
+        queues, n = pol.queues, len(reqs)
+        j, drains = self._scan
+        if drains != pol.drains or j < i:
+            j = i
+        while j < n and queues.get(reqs[j].client):
+            j += 1
+        self._scan = (j, pol.drains)
+        return reqs[j].arrival if j < n else None
 
     def _limit_to_arrival(self, out, k: int, now: float, next_arrival: float | None) -> int:
         """Fold decode steps no further than the next arrival (its counter lift must see the counters of its

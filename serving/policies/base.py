@@ -73,6 +73,7 @@ class Policy(abc.ABC):
         self.queues: dict[str, deque[Request]] = {}
         self.waiting = 0
         self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
+        self.drains = 0                     # how many times a client's queue became empty
 
     @classmethod
     def default_behaviour(cls) -> EngineBehaviour:
@@ -109,6 +110,7 @@ class Policy(abc.ABC):
         req = q.popleft()
         self.waiting -= 1
         if not q:
+            self.drains += 1
             self.on_drained(c)
         return req
 

@@ -73,7 +73,21 @@ class EquinoxPolicy(VTCPolicy):
                 + max(0.0, self.gpu_pred_run[client] - self.gpu_meas_run[client]))
 
     def priority(self, client: str) -> float:
-        return self.cfg.alpha * self.ufc(client) / self.scale_u + self.cfg.beta * self.rfc(client) / self.scale_r
+        # HF = alpha * UFC / U + beta * RFC / G (ufc() and rfc() inlined: this runs for every charged client
+        # before each decision)
+        cfg = self.cfg
+        hf = 0.0
+        if cfg.alpha:
+            u = self.counter.get(client, 0.0)
+            if cfg.latency_weight and self.wait_all > 0:
+                rel = self.wait.get(client, self.wait_all) / self.wait_all - 1.0
+                u -= cfg.latency_weight * self.scale_u * (-1.0 if rel < -1.0 else 1.0 if rel > 1.0 else rel)
+            hf = cfg.alpha * u / self.scale_u
+        if cfg.beta:
+            pend = self.gpu_pred_run[client] - self.gpu_meas_run[client]
+            r = self.rfc_lift[client] + self.gpu_meas[client] + (pend if pend > 0.0 else 0.0)
+            hf += cfg.beta * r / self.scale_r
+        return hf
 
     def _rescale(self, tokens: float, gpu_s: float) -> None:
         """Update the normalisation scales; rebuild the heap only when they drift (keeps decisions O(log n))."""
@@ -94,8 +108,9 @@ class EquinoxPolicy(VTCPolicy):
     def on_arrival(self, req, now, newly_backlogged, running):
         if newly_backlogged:
             # the resource counter is lifted like VTC's: idle time banks no GPU credit either
-            t = self.lift_target(req.client, running, self.rfc)
-            if t is not None:
+            peers = self.lift_peers(req.client, running)
+            if peers:
+                t = min(self.rfc(k) for k in peers)
                 self.rfc_lift[req.client] += max(0.0, t - self.rfc(req.client))
         super().on_arrival(req, now, newly_backlogged, running)
 
@@ -108,6 +123,17 @@ class EquinoxPolicy(VTCPolicy):
         super().on_admit(req, now)
 
     def on_iteration(self, gpu_seconds, now):
+        meas, run = self.gpu_meas, self.gpu_meas_run
+        for c, g in gpu_seconds.items():
+            meas[c] += g
+            run[c] += g
+        self._dirty.update(gpu_seconds)
+
+    def on_step(self, tokens, gpu_seconds, now):
+        # VTCPolicy.on_step and on_iteration in one pass (every client with tokens also has GPU time)
+        cnt, rep, w_q = self.counter, self.rep, self.w_q
+        for c, n in tokens.items():
+            cnt[c] += w_q * n / rep[c].weight
         meas, run = self.gpu_meas, self.gpu_meas_run
         for c, g in gpu_seconds.items():
             meas[c] += g

@@ -52,18 +52,16 @@ class VTCPolicy(Policy):
         c = req.client
         self.counter.setdefault(c, 0.0)
         if newly_backlogged:
-            t = self.lift_target(c, running, self.counter.get)
-            if t is not None:
-                self.counter[c] = max(self.counter[c], t)
+            peers = self.lift_peers(c, running)
+            if peers:
+                self.counter[c] = max(self.counter[c], min(self.counter.get(k, 0.0) for k in peers))
             self.on_backlogged(c)
 
-    def lift_target(self, c: str, running: dict[str, int], value) -> float | None:
-        """Where VTC's lift takes a counter of client c whose queue just became non-empty: the minimum `value`
-        of the other clients with waiting requests, else of those with requests running, else None."""
-        others = [value(k) for k, q in self.queues.items() if q and k != c]
-        if not others:
-            others = [value(k) for k, n in running.items() if n > 0 and k != c]
-        return min(others) if others else None
+    def lift_peers(self, c: str, running: dict[str, int]) -> list[str]:
+        """Whose counters VTC's lift looks at when client c's queue becomes non-empty: the other clients with
+        waiting requests, else the other clients with requests running (else nobody)."""
+        peers = [k for k in self.heap.key if k != c]   # the heap holds exactly the clients with waiting requests
+        return peers or [k for k, n in running.items() if n > 0 and k != c]
 
     def on_backlogged(self, client):
         self.counter.setdefault(client, 0.0)
