@@ -61,9 +61,9 @@ def windowed_service(res: SimResult, window: float = 10.0, resource: bool = Fals
     t = np.asarray(res.samples_t)
     S = np.vstack(res.samples_gpu if resource else res.samples_service)
     edges = np.arange(0, t[-1] + window, window)
-    at = np.searchsorted(t, edges, side="right") - 1
-    at = np.clip(at, 0, len(t) - 1)
-    acc = S[at]
+    # samples fall where the simulator's steps end (a folded step can span seconds): the accumulated service at
+    # each window edge is interpolated between the samples around it (exact while the service rate is constant)
+    acc = np.column_stack([np.interp(edges, t, S[:, c]) for c in range(S.shape[1])])
     return edges[1:], np.diff(acc, axis=0) / window
 
 

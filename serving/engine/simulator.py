@@ -86,15 +86,20 @@ class Simulator:
             if k == 1:
                 dt, util = p.iteration([(c, r.prefilled) for r, c in out.prefills], out.n_decode, out.decode_kv)
                 comp = util * dt
-            elif out.prefills:  # full-budget chunks of one long prompt, no further than the next arrival
-                (r, c), = out.prefills
-                nxt = self._next_arrival_that_matters(i)
-                k, dt, comp = p.chunk_steps(c, r.prefilled, out.n_decode, out.decode_kv, k,
-                                            nxt - now if nxt is not None else math.inf)
             else:
-                k = self._limit_to_arrival(out, k, now, self._next_arrival_that_matters(i))
-                dt = p.decode_steps_time(out.n_decode, out.decode_kv, k)
-                comp = k * p.compute_time([], out.n_decode)
+                # fold no further than the next arrival that matters, nor past the next sample time (the metrics
+                # see the state of their time, not of the end of a long fold)
+                nxt = self._next_arrival_that_matters(i)
+                stop = next_sample if nxt is None else min(nxt, next_sample)
+                if stop <= now:  # the sample is due at the end of this step
+                    stop = math.inf if nxt is None else nxt
+                if out.prefills:  # full-budget chunks of one long prompt
+                    (r, c), = out.prefills
+                    k, dt, comp = p.chunk_steps(c, r.prefilled, out.n_decode, out.decode_kv, k, stop - now)
+                else:
+                    k = self._limit_to_arrival(out, k, now, stop if stop != math.inf else None)
+                    dt = p.decode_steps_time(out.n_decode, out.decode_kv, k)
+                    comp = k * p.compute_time([], out.n_decode)
             out.steps = k
             now += dt
             for client, g in s.update_from_output(out, now, dt).items():
