@@ -262,8 +262,12 @@ class Scheduler:
             else:
                 k = min(k, max(self.b.admit_every - self.decode_iters, 1))
         if self.b.reserve != "full":
-            free = self.kv_capacity - self.kv_used()
-            k = min(k, max(free // max(out.n_decode, 1) - self.profile.block_tokens, 1))
+            bt, n = self.profile.block_tokens, max(out.n_decode, 1)
+            # KV room for the fold: a cheap lower bound on the free space first, the exact one when it binds
+            free = self.kv_capacity - self.kv_total - len(self.running) * (bt - 1)
+            if free // n - bt < k:
+                free = self.kv_capacity - self.kv_used()
+            k = min(k, max(free // n - bt, 1))
         return max(int(k), 1)
 
     def _prefill_steps(self, out: SchedulerOutput) -> int:

@@ -105,14 +105,11 @@ class EquinoxPolicy(VTCPolicy):
                 if q:
                     self.heap.set(c, self.priority(c))
 
-    def on_arrival(self, req, now, newly_backlogged, running):
-        if newly_backlogged:
-            # the resource counter is lifted like VTC's: idle time banks no GPU credit either
-            peers = self.lift_peers(req.client, running)
-            if peers:
-                t = min(self.rfc(k) for k in peers)
-                self.rfc_lift[req.client] += max(0.0, t - self.rfc(req.client))
-        super().on_arrival(req, now, newly_backlogged, running)
+    def lift(self, c, peers):
+        super().lift(c, peers)
+        # the resource counter is lifted like VTC's: idle time banks no GPU credit either
+        t = min(self.rfc(k) for k in peers)
+        self.rfc_lift[c] += max(0.0, t - self.rfc(c))
 
     def on_admit(self, req, now):
         wait = now - req.arrival

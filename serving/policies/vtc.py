@@ -54,8 +54,12 @@ class VTCPolicy(Policy):
         if newly_backlogged:
             peers = self.lift_peers(c, running)
             if peers:
-                self.counter[c] = max(self.counter[c], min(self.counter.get(k, 0.0) for k in peers))
+                self.lift(c, peers)
             self.on_backlogged(c)
+
+    def lift(self, c: str, peers: list[str]) -> None:
+        """Raise c's counter to the minimum of its peers' (lift_peers)."""
+        self.counter[c] = max(self.counter[c], min(self.counter.get(k, 0.0) for k in peers))
 
     def lift_peers(self, c: str, running: dict[str, int]) -> list[str]:
         """Whose counters VTC's lift looks at when client c's queue becomes non-empty: the other clients with
