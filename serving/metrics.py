@@ -67,20 +67,43 @@ def windowed_service(res: SimResult, window: float = 10.0, resource: bool = Fals
     return edges[1:], np.diff(acc, axis=0) / window
 
 
+def backlog_fraction(res: SimResult, edges: np.ndarray) -> np.ndarray:
+    """(windows, clients): the fraction of each window [edges[k], edges[k+1]] in which the client had requests
+    waiting, exactly, from the policy's log of queue transitions (time-weighted, whatever the sampling)."""
+    idx = {c: i for i, c in enumerate(res.clients)}
+    per: list[list[tuple[float, bool]]] = [[] for _ in res.clients]
+    for t, c, on in res.backlog_log:
+        per[idx[c]].append((t, on))
+    out = np.zeros((len(edges) - 1, len(res.clients)))
+    width = np.diff(edges)
+    for j, ev in enumerate(per):
+        if not ev:
+            continue
+        # accumulated waiting time at each transition, then at each edge (piecewise linear between transitions)
+        ts = np.array([t for t, _ in ev])
+        on = np.array([o for _, o in ev], dtype=float)
+        acc = np.concatenate([[0.0], np.cumsum(on[:-1] * np.diff(ts))])
+        at = np.interp(edges, ts, acc)
+        last = np.searchsorted(ts, edges, side="right") - 1     # the transition in force at each edge
+        tail = (last >= 0) & (on[np.clip(last, 0, None)] > 0) & (edges > ts[-1])
+        at = at + np.where(tail, edges - ts[-1], 0.0)          # still waiting after the last transition
+        out[:, j] = np.diff(at) / width
+    return out
+
+
 def jain_over_time(res: SimResult, window: float = 10.0, resource: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Jain's index of weighted service among the clients backlogged (requests waiting) for most of each window.
+    """Jain's index of weighted service among the clients backlogged (requests waiting) for at least half of
+    each window (time-weighted).
 
     Fairness is about clients that compete: a client whose every request is served at once gets what it asks
     for, whatever its share, so windows with fewer than two backlogged clients have no index (NaN).
     """
     ends, rate = windowed_service(res, window, resource)
-    t = np.asarray(res.samples_t)
-    B = np.vstack(res.samples_backlog)
+    frac = backlog_fraction(res, np.concatenate([[ends[0] - window], ends])) if len(ends) else np.zeros((0, 0))
     weights = np.ones(len(res.clients)) if resource else _weights(res)  # GPU-seconds are already weighted
     out = []
-    for k, e in enumerate(ends):
-        m = (t > e - window) & (t <= e)
-        back = B[m].mean(axis=0) >= 0.5 if m.any() else np.zeros(B.shape[1], bool)
+    for k in range(len(ends)):
+        back = frac[k] >= 0.5
         out.append(jain(rate[k][back] / weights[back]) if back.sum() > 1 else np.nan)
     return ends, np.asarray(out)
 

@@ -153,11 +153,11 @@ class Scheduler:
                     out.prefills.append((r, r.prefill_goal - r.prefilled))
             if not out.prefills:
                 out.decode = n_dec > 0
-        self._make_room(out)
+        self._make_room(out, now)
         if out.empty and self.running:
             # the prompts admitted for a prefill-only iteration were evicted again to make KV room: decode instead
             out.decode = len(self.dec) > 0
-            self._make_room(out)
+            self._make_room(out, now)
         if out.decode:
             out.n_decode = len(self.dec)
             out.decode_kv = self.dec.kv()
@@ -186,7 +186,7 @@ class Scheduler:
         self.policy.on_admit(r, now)
         return r
 
-    def _make_room(self, out: SchedulerOutput) -> None:
+    def _make_room(self, out: SchedulerOutput, now: float) -> None:
         """Preempt the latest-admitted requests while this iteration would overflow the KV cache."""
         if self.b.reserve == "full":
             return  # every admitted request holds a reservation for its whole output: it always fits
@@ -204,7 +204,7 @@ class Scheduler:
 
         while need() > self.kv_capacity and len(self.running) > 1:
             victim = self.running[next(reversed(self.running))]
-            self._evict(victim)
+            self._evict(victim, now)
             out.prefills = [(r, c) for r, c in out.prefills if r is not victim]
             out.admitted = [r for r in out.admitted if r is not victim]
             out.preempted.append(victim)
@@ -223,7 +223,7 @@ class Scheduler:
         self.dec.remove(r)
         r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
 
-    def _evict(self, r: Request) -> None:
+    def _evict(self, r: Request, now: float) -> None:
         if r in self.dec:
             self._leave_decoding(r)
         else:
@@ -237,7 +237,7 @@ class Scheduler:
         r.preemptions += 1
         self.preemptions += 1
         self.policy.on_evict(r)
-        self.policy.requeue_front(r, self.running_by_client)
+        self.policy.requeue_front(r, self.running_by_client, now)
 
     def quiet_steps(self, out: SchedulerOutput) -> int:
         """How many identical iterations can be folded into this one (no decision in between).

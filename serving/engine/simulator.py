@@ -35,6 +35,7 @@ class SimResult:
     samples_backlog: list[list[bool]] = field(default_factory=list)   # client has waiting requests
     samples_active: list[list[bool]] = field(default_factory=list)    # client has waiting or running requests
     samples_gpu: list[list[float]] = field(default_factory=list)      # accumulated weighted GPU-seconds
+    backlog_log: list[tuple[float, str, bool]] = field(default_factory=list)  # (time, client, queue non-empty)
     kv_peak: int = 0
     kv_capacity: int = 0
 
@@ -87,17 +88,15 @@ class Simulator:
                 dt, util = p.iteration([(c, r.prefilled) for r, c in out.prefills], out.n_decode, out.decode_kv)
                 comp = util * dt
             else:
-                # fold no further than the next arrival that matters, nor past the next sample time (the metrics
-                # see the state of their time, not of the end of a long fold)
+                # fold no further than the next arrival that matters (the metrics need no stop: service is
+                # interpolated between samples, and the backlog is logged exactly, as it changes)
                 nxt = self._next_arrival_that_matters(i)
-                stop = next_sample if nxt is None else min(nxt, next_sample)
-                if stop <= now:  # the sample is due at the end of this step
-                    stop = math.inf if nxt is None else nxt
                 if out.prefills:  # full-budget chunks of one long prompt
                     (r, c), = out.prefills
-                    k, dt, comp = p.chunk_steps(c, r.prefilled, out.n_decode, out.decode_kv, k, stop - now)
+                    k, dt, comp = p.chunk_steps(c, r.prefilled, out.n_decode, out.decode_kv, k,
+                                                math.inf if nxt is None else nxt - now)
                 else:
-                    k = self._limit_to_arrival(out, k, now, stop if stop != math.inf else None)
+                    k = self._limit_to_arrival(out, k, now, nxt)
                     dt = p.decode_steps_time(out.n_decode, out.decode_kv, k)
                     comp = k * p.compute_time([], out.n_decode)
             out.steps = k
@@ -117,6 +116,7 @@ class Simulator:
                 done_before = len(s.finished)
         self._sample(res, now, service)
         res.busy, res.compute, res.iterations = busy, compute, iterations
+        res.backlog_log = s.policy.backlog_log
         res.makespan = now
         res.preemptions = s.preemptions
         return res

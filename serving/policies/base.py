@@ -74,6 +74,7 @@ class Policy(abc.ABC):
         self.waiting = 0
         self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
         self.drains = 0                     # how many times a client's queue became empty
+        self.backlog_log: list[tuple[float, str, bool]] = []  # (time, client, queue now non-empty / empty)
 
     @classmethod
     def default_behaviour(cls) -> EngineBehaviour:
@@ -89,15 +90,18 @@ class Policy(abc.ABC):
             q = self.queues[req.client] = deque()
         q.append(req)
         self.waiting += 1
+        if newly_backlogged:
+            self.backlog_log.append((now, req.client, True))
         self.on_arrival(req, now, newly_backlogged, running)
 
-    def requeue_front(self, req: Request, running: dict[str, int]) -> None:
+    def requeue_front(self, req: Request, running: dict[str, int], now: float) -> None:
         """A preempted request goes back to the head of its client's queue."""
         q = self.queues.setdefault(req.client, deque())
         newly = not q
         q.appendleft(req)
         self.waiting += 1
         if newly:
+            self.backlog_log.append((now, req.client, True))
             self.on_backlogged(req.client)
 
     def peek(self) -> Request | None:
@@ -111,6 +115,7 @@ class Policy(abc.ABC):
         self.waiting -= 1
         if not q:
             self.drains += 1
+            self.backlog_log.append((now, c, False))
             self.on_drained(c)
         return req
 

@@ -25,8 +25,8 @@ class FCFSPolicy(Policy):
             self.heap.set(req.client, q[0].arrival)
         return req
 
-    def requeue_front(self, req, running):
-        super().requeue_front(req, running)
+    def requeue_front(self, req, running, now):
+        super().requeue_front(req, running, now)
         self.heap.set(req.client, self.queues[req.client][0].arrival)
 
     def on_drained(self, client):
