@@ -292,6 +292,22 @@ def test_folding_keeps_equinox_results():
         assert getattr(sa, f) == pytest.approx(getattr(sb, f), rel=0.02), f
 
 
+@pytest.mark.parametrize("profile", ["a100-llama2-7b", "a10g-llama-7b"])
+def test_folded_step_times_match_step_by_step(profile):
+    """Profile.decode_steps_time (closed form over compute- and memory-bound steps) and decode_steps_within
+    against summing Profile.iteration step by step."""
+    p = get_profile(profile)
+    for n, kv0 in ((1, 10), (8, 4000), (256, 1000), (256, 60_000), (64, 100)):
+        times = [0.0]
+        for j in range(400):
+            times.append(times[-1] + p.iteration([], n, kv0 + j * n)[0])
+        for k in (1, 2, 7, 100, 400):
+            assert p.decode_steps_time(n, kv0, k) == pytest.approx(times[k], rel=1e-9), (n, kv0, k)
+        for limit in (times[1] * 0.5, times[3] * (1 + 1e-9), times[57] * (1 - 1e-9), times[399] * 1.01, 1e9):
+            want = max(1, max(j for j in range(401) if times[j] <= limit) if limit >= times[1] else 1)
+            assert p.decode_steps_within(n, kv0, 400, limit) == min(want, 400), (n, kv0, limit)
+
+
 def test_decode_set_aggregates_match_requests():
     """serving.batch.DecodeSet's O(1) KV tokens, exact KV blocks and finish order against a brute-force count."""
     import random

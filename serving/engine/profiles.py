@@ -76,20 +76,52 @@ class Profile:
         return k, t, comp
 
     def decode_steps_time(self, n: int, kv0: int, k: int) -> float:
-        """Total time of k decode-only steps of n sequences whose KV total starts at kv0 (grows by n a step)."""
+        """Total time of k decode-only steps of n sequences whose KV total starts at kv0 (grows by n a step).
+
+        Step j takes max(c, m0 + d * j) + fixed: compute time c is constant, memory time grows linearly. The
+        first j* steps (while memory time is below c) are compute bound, the rest memory bound; both sums are
+        in closed form, so a fold of any length costs O(1)."""
         if k <= 0:
             return 0.0
-        comp = 2 * self.params * n / (self.peak_flops * self.mfu)
+        c = 2 * self.params * n / (self.peak_flops * self.mfu)
         fixed = self.iter_overhead_s + self.seq_overhead_s * n
-        total = 0.0
-        # memory time grows linearly with the step; compute time is constant: sum piecewise
-        kv_sum = kv0 * k + n * k * (k - 1) // 2
-        mem_total = (self.weight_bytes * k + self.kv_bytes_per_token * kv_sum) / self.hbm_bw
-        if self.memory_time(kv0) >= comp:  # memory bound from the first step on (the usual decode case)
-            return mem_total + fixed * k
-        for j in range(k):
-            total += max(comp, self.memory_time(kv0 + n * j)) + fixed
-        return total
+        m0 = self.memory_time(kv0)
+        d = self.kv_bytes_per_token * n / self.hbm_bw
+        if m0 >= c:  # memory bound from the first step on (the usual decode case)
+            js = 0
+        elif d <= 0:
+            js = k
+        else:
+            js = min(k, max(0, math.ceil((c - m0) / d)))
+            while js > 0 and m0 + d * (js - 1) >= c:  # float edge: step js - 1 is already memory bound
+                js -= 1
+        mem = (k - js) * m0 + d * (k * (k - 1) - js * (js - 1)) / 2  # sum of m0 + d * j for j in [js, k)
+        return js * c + mem + fixed * k
+
+    def decode_steps_within(self, n: int, kv0: int, k: int, limit: float) -> int:
+        """The most decode steps (at least 1, at most k) of n sequences from kv0 whose total time fits `limit`."""
+        if k <= 1 or self.decode_steps_time(n, kv0, k) <= limit:
+            return max(k, 1)
+        c = 2 * self.params * n / (self.peak_flops * self.mfu)
+        m0 = self.memory_time(kv0)
+        if m0 >= c:  # memory bound: the total is quadratic in j; solve, then settle the rounding
+            a = m0 + self.iter_overhead_s + self.seq_overhead_s * n
+            b = self.kv_bytes_per_token * n / self.hbm_bw
+            j = int(limit / a) if b <= 0 else int((-(a - b / 2) + math.sqrt((a - b / 2) ** 2 + 2 * b * limit)) / b)
+            j = min(max(j, 1), k)
+            while j > 1 and self.decode_steps_time(n, kv0, j) > limit:
+                j -= 1
+            while j < k and self.decode_steps_time(n, kv0, j + 1) <= limit:
+                j += 1
+            return j
+        lo, hi = 1, k
+        while lo < hi:  # largest j whose steps fit (the total grows with j)
+            mid = (lo + hi + 1) // 2
+            if self.decode_steps_time(n, kv0, mid) <= limit:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
 
 class ProfileName(str, enum.Enum):

@@ -144,15 +144,7 @@ class Simulator:
         time). Folded prefill chunks are limited the same way inside Profile.chunk_steps."""
         if next_arrival is None:
             return k
-        n, kv0 = out.n_decode, out.decode_kv
-        lo, hi = 1, k
-        while lo < hi:  # largest j <= k whose steps end before the arrival (closed form per probe)
-            mid = (lo + hi + 1) // 2
-            if now + self.p.decode_steps_time(n, kv0, mid) <= next_arrival:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return self.p.decode_steps_within(out.n_decode, out.decode_kv, k, next_arrival - now)
 
     def _sample(self, res: SimResult, now: float, service: dict[str, float]) -> None:
         s, cl = self.s, self.clients
