@@ -8,6 +8,7 @@ in seconds; every decision point is still simulated exactly.
 
 from __future__ import annotations
 
+import gc
 import math
 from dataclasses import dataclass, field
 
@@ -58,6 +59,16 @@ class Simulator:
         self.w_p, self.w_q = w_p, w_q
 
     def run(self, progress=None) -> SimResult:
+        # objects alive before the run (the caller's workloads, earlier results) are moved out of the cyclic
+        # collector's sight for its duration: the run makes no reference cycles, and otherwise every collection
+        # would walk the caller's whole heap (measured: 20 % of the run time after a few other runs)
+        gc.freeze()
+        try:
+            return self._run(progress)
+        finally:
+            gc.unfreeze()
+
+    def _run(self, progress) -> SimResult:
         s, p = self.s, self.p
         res = SimResult(self.reqs, self.clients, kv_capacity=s.kv_capacity)
         service = dict.fromkeys(self.clients, 0.0)   # accumulated weighted service (VTC's w_p/w_q tokens)
