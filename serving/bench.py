@@ -17,6 +17,7 @@ ABLATIONS = {
     "no-chunked": {"chunked_prefill": False},   # whole-prompt prefills that stall decodes
     "adaptive": {"adaptive": True},              # AIMD token budget (TBT target, KV pressure)
     "full-reserve": {"reserve": "full"},         # reserve max_new_tokens instead of the predicted output
+    "fair-preempt": {"fair_preempt": True},      # evict the most over-served client's newest request for the head
 }
 
 

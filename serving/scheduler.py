@@ -23,6 +23,9 @@ from serving.predictors import MoPE
 from serving.request import Request, RequestError
 
 
+FAIR_PREEMPT_CHECK_STEPS = 16  # while a head request waits for KV room, fair preemption looks this often
+
+
 @dataclass(slots=True)
 class SchedulerOutput:
     """One iteration's work."""
@@ -131,9 +134,13 @@ class Scheduler:
                 c = min(r.prefill_goal - r.prefilled, room)
                 out.prefills.append((r, c))
                 room -= c
+            evicted = False
             while room > 0 and self.policy.waiting and len(self.running) < self.b.max_batch:
                 head = self.policy.peek()
                 if not self._fits(head):
+                    if self.b.fair_preempt and not evicted and self._fair_preempt(head, out, now):
+                        evicted = True
+                        continue
                     break
                 r = self._admit(now)
                 out.admitted.append(r)
@@ -185,6 +192,21 @@ class Scheduler:
             r.admitted = now
         self.policy.on_admit(r, now)
         return r
+
+    def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
+        """The head request waits for KV room while a client far ahead of it in the policy's order holds the
+        batch: evict that client's newest request (recomputed later) if that lets the head in."""
+        c = self.policy.preempt_candidate(head.client, self.running_by_client)
+        if c is None:
+            return False
+        victim = next(r for r in reversed(self.running.values()) if r.client == c)
+        if self.reserved - self._reservation(victim) + self._reservation(head) > self.kv_capacity:
+            return False
+        self._evict(victim, now)
+        out.prefills = [(r, x) for r, x in out.prefills if r is not victim]
+        out.admitted = [r for r in out.admitted if r is not victim]
+        out.preempted.append(victim)
+        return True
 
     def _make_room(self, out: SchedulerOutput, now: float) -> None:
         """Preempt the latest-admitted requests while this iteration would overflow the KV cache."""
@@ -258,7 +280,10 @@ class Scheduler:
             if self.b.chunked_prefill:
                 if len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
                     return 1  # the head request could be admitted next iteration
-                # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops there)
+                # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops
+                # there), unless fair preemption makes room: it is looked at again every few steps
+                if self.b.fair_preempt:
+                    k = min(k, FAIR_PREEMPT_CHECK_STEPS)
             else:
                 k = min(k, max(self.b.admit_every - self.decode_iters, 1))
         if self.b.reserve != "full":

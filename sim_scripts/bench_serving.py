@@ -82,7 +82,7 @@ def main() -> int:
         for r in wl.requests:
             r.arrival /= scale
         loaded.append((name, wl))
-        res = run_bench(wl, ["fcfs", "vtc", "equinox"], "a100-llama2-7b", ["no-chunked", "adaptive", "full-reserve"])
+        res = run_bench(wl, ["fcfs", "vtc", "equinox"], "a100-llama2-7b", ["no-chunked", "adaptive", "full-reserve", "fair-preempt"])
         title = f"{name} x{scale:g} on a100-llama2-7b"
         print(f"\n== {title}: {len(wl.requests)} requests, {len(wl.clients)} clients")
         print(format_table(res))

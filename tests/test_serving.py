@@ -223,18 +223,40 @@ def _run_checked(requests, policy, profile, behaviour=None):
     return res, seen
 
 
-@pytest.mark.parametrize("policy,profile", [("equinox", "a10g-llama-7b"), ("vtc", "a10g-llama-7b"),
-                                            ("equinox", "a100-llama2-7b")])
-def test_budget_and_kv_never_exceeded(policy, profile):
+@pytest.mark.parametrize("policy,profile,behaviour", [("equinox", "a10g-llama-7b", None),
+                                                      ("vtc", "a10g-llama-7b", None),
+                                                      ("equinox", "a100-llama2-7b", None),
+                                                      ("equinox", "a10g-llama-7b", {"fair_preempt": True})])
+def test_budget_and_kv_never_exceeded(policy, profile, behaviour):
     wl = load_workload("sharegpt", n=300, rate=4.0)
     for r in wl.requests:  # fit the small A10G cache
         r.prompt_tokens = min(r.prompt_tokens, 3000)
         r.output_tokens = min(r.output_tokens, 1000)
         r.max_new_tokens = 1000
-    res, seen = _run_checked(wl.requests, policy, profile)
+    res, seen = _run_checked(wl.requests, policy, profile, behaviour)
     assert seen["iters"] > 100
     assert all(r.finished is not None and r.generated == r.output_tokens for r in res.requests)
     assert res.kv_peak <= res.kv_capacity
+
+
+def test_fair_preemption_makes_room_for_a_client_far_behind():
+    """Client a fills the KV cache (full reservations); b arrives and waits. With fair preemption, once a leads
+    b by more than the margin, a's newest request is evicted (recomputed later) and b is admitted early."""
+    import dataclasses
+    prof = dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=8000)
+    out = {}
+    for fp in (False, True):
+        reqs = [R(i, "a", 0.0, 1000, 400, max_new_tokens=400) for i in range(12)] + \
+               [R(100, "b", 1.0, 1000, 50, max_new_tokens=50)]
+        pol = make_policy("equinox")
+        pol.behaviour = dataclasses.replace(pol.behaviour, fair_preempt=fp, reserve="full")
+        res = Simulator(Scheduler(pol, prof), reqs).run()
+        assert all(r.generated == r.output_tokens for r in res.requests)
+        out[fp] = (next(r for r in res.requests if r.client == "b").ttft,
+                   {r.rid: r.preemptions for r in res.requests if r.preemptions})
+    assert out[False][1] == {}
+    assert out[True][1] == {4: 1}          # the newest of a's five running requests, once
+    assert out[True][0] < 0.6 * out[False][0]
 
 
 def test_chunked_prefill_respects_budget_exactly():

@@ -22,6 +22,7 @@ class EngineBehaviour:
     adaptive: bool = False          # adapt the token budget to load and the TBT target
     tbt_target_s: float = 0.15      # time-between-tokens target for adaptive batching
     max_batch: int = 256            # sequences per iteration
+    fair_preempt: bool = False      # evict the most over-served client's newest request to admit a fairer head
 
     def __post_init__(self) -> None:
         if self.reserve not in ("full", "predicted"):
@@ -148,6 +149,10 @@ class Policy(abc.ABC):
 
     def on_iteration(self, gpu_seconds: dict[str, float], now: float) -> None:
         """Measured GPU time attributed to each client in the last iteration(s)."""
+
+    def preempt_candidate(self, head_client: str, running: dict[str, int]) -> str | None:
+        """A running client so far ahead of head_client that one of its requests should make room (None: no one)."""
+        return None
 
     def on_step(self, tokens: dict[str, int], gpu_seconds: dict[str, float], now: float) -> None:
         """One engine step's results: output tokens and measured (weighted) GPU-seconds per client.

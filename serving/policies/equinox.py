@@ -27,9 +27,10 @@ class EquinoxConfig:
     alpha: float = 1.0             # user fairness weight
     beta: float = 1.0              # resource fairness weight
     latency_weight: float = 0.5    # at most this many typical requests' worth of tokens credited for waiting
+    preempt_margin: float = 1.0    # fair preemption: a running client must lead the head by this many requests' worth
 
     def __post_init__(self) -> None:
-        for k in ("alpha", "beta", "latency_weight"):
+        for k in ("alpha", "beta", "latency_weight", "preempt_margin"):
             if getattr(self, k) < 0:
                 raise ValueError(f"{k} must be >= 0, got {getattr(self, k)!r}")
         if self.alpha == 0 and self.beta == 0:
@@ -42,6 +43,7 @@ class EquinoxPolicy(VTCPolicy):
     def __init__(self, behaviour: EngineBehaviour | None = None, config: EquinoxConfig | None = None, **kw):
         super().__init__(behaviour, **kw)
         self.cfg = config or EquinoxConfig()
+        self.preempt_margin = self.cfg.preempt_margin  # HF is in requests' worth
         self.wait: dict[str, float] = {}      # per-client running mean wait before admission (s)
         self.wait_all = 0.0                   # running mean over everyone
         self.gpu_meas: dict[str, float] = defaultdict(float)      # measured weighted GPU-seconds, all requests

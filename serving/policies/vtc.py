@@ -61,6 +61,15 @@ class VTCPolicy(Policy):
         """Raise c's counter to the minimum of its peers' (lift_peers)."""
         self.counter[c] = max(self.counter[c], min(self.counter.get(k, 0.0) for k in peers))
 
+    preempt_margin = 1024.0  # counter units (weighted tokens) a running client must lead the head by
+
+    def preempt_candidate(self, head_client, running):
+        others = [k for k in running if k != head_client]
+        if not others:
+            return None
+        top = max(others, key=self.priority)
+        return top if self.priority(top) - self.priority(head_client) > self.preempt_margin else None
+
     def lift_peers(self, c: str, running: dict[str, int]) -> list[str]:
         """Whose counters VTC's lift looks at when client c's queue becomes non-empty: the other clients with
         waiting requests, else the other clients with requests running (else nobody)."""
