@@ -180,13 +180,22 @@ class MoPE:
         return list(self._gate)
 
     def predict_output(self, client: str, prompt: int) -> float:
-        preds = [e.predict(client, prompt) for e in self.experts]
+        return self.combine(self.predict_experts(client, prompt))
+
+    def predict_experts(self, client: str, prompt: int) -> tuple[float, ...]:
+        """Each expert's prediction (combine() gives the mixture's)."""
+        return tuple(e.predict(client, prompt) for e in self.experts)
+
+    def combine(self, preds: tuple[float, ...]) -> float:
         return float(sum(g * p for g, p in zip(self._gate, preds)))
 
-    def observe(self, client: str, prompt: int, output: int) -> None:
+    def observe(self, client: str, prompt: int, output: int, preds: tuple[float, ...] | None = None) -> None:
+        """Learn a finished request's output. `preds`: the experts' predictions the engine acted on (made at
+        admission); without them each expert is scored on its prediction now."""
         d = self.cfg.err_decay
         for i, e in enumerate(self.experts):
-            self.err[i] = (1 - d) * self.err[i] + d * abs(e.predict(client, prompt) - output)
+            p = preds[i] if preds is not None else e.predict(client, prompt)
+            self.err[i] = (1 - d) * self.err[i] + d * abs(p - output)
             e.observe(client, prompt, output)
         self._gate = self._compute_gate()
         self.version += 1

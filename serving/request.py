@@ -25,6 +25,7 @@ class Request:
     # life in the engine
     predicted_output: float = 0.0 # what the predictor says (made when first needed; fixed at admission)
     pred_version: int = -1        # the predictor's state when predicted_output was made
+    expert_preds: tuple | None = None  # MoPE's experts' predictions behind predicted_output
     predicted_gpu_s: float = 0.0  # GPU-seconds the predictor attributed to it at admission
     gpu_s: float = 0.0            # measured GPU-seconds attributed to it in its current residency (over its weight)
     gpu_mark: float = 0.0         # the engine's per-sequence decode GPU-seconds when it last started decoding

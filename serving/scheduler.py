@@ -85,9 +85,14 @@ class Scheduler:
     def _predict(self, r: Request) -> float:
         """MoPE's output prediction for a waiting request, as it would be made now (recomputed only when the
         predictor has learned something since it was last made)."""
-        v = getattr(self.predictor, "version", None)
+        pm = self.predictor
+        v = getattr(pm, "version", None)
         if v is None or r.pred_version != v:
-            r.predicted_output = max(1.0, self.predictor.predict_output(r.client, r.prompt_tokens))
+            if isinstance(pm, MoPE):
+                r.expert_preds = pm.predict_experts(r.client, r.prompt_tokens)
+                r.predicted_output = max(1.0, pm.combine(r.expert_preds))
+            else:
+                r.predicted_output = max(1.0, pm.predict_output(r.client, r.prompt_tokens))
             r.pred_version = -1 if v is None else v
         return r.predicted_output
 
@@ -375,7 +380,10 @@ class Scheduler:
             self.reserved -= self._reservation(r)
             r.finished = now
             self.finished.append(r)
-            self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
+            if r.expert_preds is not None:  # score the experts on what they said when the engine acted on it
+                self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens, r.expert_preds)
+            else:
+                self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
             self.policy.on_finish(r, now)
         return tokens
 
