@@ -153,9 +153,9 @@ def test_equinox_resource_counter_is_lifted():
     p = make_policy("equinox", config=EquinoxConfig(alpha=0.0, beta=1.0, latency_weight=0.0))
     for i, c in enumerate("abc"):
         p.add(R(i, c, 0.0, 10, 10), 0.0, {})
-    p.gpu_meas.update({"a": 5.0, "b": 2.0, "c": 9.0})
+    p.rfc_base.update({"a": 5.0, "b": 2.0, "c": 9.0})
     p._dirty.update("abc")
-    p.gpu_meas["d"] = 0.5                    # d was idle with little use: lifted to the minimum waiting (b: 2)
+    p.rfc_base["d"] = 0.5                    # d was idle with little use: lifted to the minimum waiting (b: 2)
     p.add(R(3, "d", 0.0, 10, 10), 0.0, {})
     assert p.rfc("d") == pytest.approx(2.0)
     assert [p.pop(0.0).client for _ in range(4)] == ["b", "d", "a", "c"]

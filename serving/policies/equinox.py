@@ -4,8 +4,9 @@ User Fairness Counter (UFC): the VTC weighted-token counter (same charges, same 
 latency: the client's recent mean wait before admission relative to the mean over all clients, clipped to
 [-1, 1] and scaled by latency_weight typical requests, so clients that have waited longer than others move
 forward without loosening the counter's fairness bound by more than 2 * latency_weight requests' worth of tokens.
-Resource Fairness Counter (RFC): GPU-seconds consumed by the client: the MoPE prediction is charged at
-admission (before execution) and replaced by the measured attribution of iteration time as tokens are produced.
+Resource Fairness Counter (RFC): weighted GPU-seconds of the client: measured for its requests that have left the
+batch, plus max(measured so far, MoPE prediction made at admission) for those running, so the prediction counts
+before execution and the measurement replaces it once it passes it; lifted like VTC's counter.
 Both are normalised by running per-request scales (typical tokens and GPU-seconds of one request), and the
 client with the lowest HF = alpha * UFC' + beta * RFC' is served next. With beta = 0 and no latency term the
 order is the VTC order, so Equinox reduces to VTC (tests/test_serving.py shows identical schedules).
@@ -46,10 +47,10 @@ class EquinoxPolicy(VTCPolicy):
         self.preempt_margin = self.cfg.preempt_margin  # HF is in requests' worth
         self.wait: dict[str, float] = {}      # per-client running mean wait before admission (s)
         self.wait_all = 0.0                   # running mean over everyone
-        self.gpu_meas: dict[str, float] = defaultdict(float)      # measured weighted GPU-seconds, all requests
-        self.gpu_meas_run: dict[str, float] = defaultdict(float)  # the part measured for requests now running
-        self.gpu_pred_run: dict[str, float] = defaultdict(float)  # predicted for requests now running
-        self.rfc_lift: dict[str, float] = defaultdict(float)      # raised by lifts
+        # RFC(c) = rfc_base[c] + max(gpu_meas_run[c], gpu_pred_run[c])  (weighted GPU-seconds)
+        self.rfc_base: dict[str, float] = defaultdict(float)      # measured for requests that left, plus lifts
+        self.gpu_meas_run: dict[str, float] = defaultdict(float)  # measured for the requests now running
+        self.gpu_pred_run: dict[str, float] = defaultdict(float)  # predicted for the requests now running
         self.scale_u = 256.0                  # typical tokens charged per request (running mean)
         self.scale_r = 1.0                    # typical GPU-seconds per request (running mean)
         self._built = (self.scale_u, self.scale_r, self.wait_all)
@@ -69,10 +70,10 @@ class EquinoxPolicy(VTCPolicy):
         return c - self.cfg.latency_weight * self.scale_u * max(-1.0, min(1.0, rel))
 
     def rfc(self, client: str) -> float:
-        """Weighted GPU-seconds: measured so far, plus what is predicted and not yet measured for the running
-        requests (a request's prediction is replaced by its measurement as it runs, and overruns count)."""
-        return (self.rfc_lift[client] + self.gpu_meas[client]
-                + max(0.0, self.gpu_pred_run[client] - self.gpu_meas_run[client]))
+        """Weighted GPU-seconds: measured for the client's requests that have left the batch, plus, for those
+        running, the larger of what was predicted at admission and what has been measured so far (the
+        prediction stands until the measurement passes it), plus lifts."""
+        return self.rfc_base[client] + max(self.gpu_meas_run[client], self.gpu_pred_run[client])
 
     def priority(self, client: str) -> float:
         # HF = alpha * UFC / U + beta * RFC / G (ufc() and rfc() inlined: this runs for every charged client
@@ -86,9 +87,8 @@ class EquinoxPolicy(VTCPolicy):
                 u -= cfg.latency_weight * self.scale_u * (-1.0 if rel < -1.0 else 1.0 if rel > 1.0 else rel)
             hf = cfg.alpha * u / self.scale_u
         if cfg.beta:
-            pend = self.gpu_pred_run[client] - self.gpu_meas_run[client]
-            r = self.rfc_lift[client] + self.gpu_meas[client] + (pend if pend > 0.0 else 0.0)
-            hf += cfg.beta * r / self.scale_r
+            m, p = self.gpu_meas_run[client], self.gpu_pred_run[client]
+            hf += cfg.beta * (self.rfc_base[client] + (m if m > p else p)) / self.scale_r
         return hf
 
     def _rescale(self, tokens: float, gpu_s: float) -> None:
@@ -111,7 +111,7 @@ class EquinoxPolicy(VTCPolicy):
         super().lift(c, peers)
         # the resource counter is lifted like VTC's: idle time banks no GPU credit either
         t = min(self.rfc(k) for k in peers)
-        self.rfc_lift[c] += max(0.0, t - self.rfc(c))
+        self.rfc_base[c] += max(0.0, t - self.rfc(c))
 
     def on_admit(self, req, now):
         wait = now - req.arrival
@@ -122,9 +122,8 @@ class EquinoxPolicy(VTCPolicy):
         super().on_admit(req, now)
 
     def on_iteration(self, gpu_seconds, now):
-        meas, run = self.gpu_meas, self.gpu_meas_run
+        run = self.gpu_meas_run
         for c, g in gpu_seconds.items():
-            meas[c] += g
             run[c] += g
         self._dirty.update(gpu_seconds)
 
@@ -133,17 +132,18 @@ class EquinoxPolicy(VTCPolicy):
         cnt, rep, w_q = self.counter, self.rep, self.w_q
         for c, n in tokens.items():
             cnt[c] += w_q * n / rep[c].weight
-        meas, run = self.gpu_meas, self.gpu_meas_run
+        run = self.gpu_meas_run
         for c, g in gpu_seconds.items():
-            meas[c] += g
             run[c] += g
         self._dirty.update(gpu_seconds)
 
     def _leave(self, req) -> None:
-        # the request's measurement stays in gpu_meas; its prediction and running measurement leave
-        self.gpu_pred_run[req.client] -= req.predicted_gpu_s / req.weight
-        self.gpu_meas_run[req.client] -= req.gpu_s
-        self._refresh(req.client)
+        # the request's measurement moves to the base; its prediction leaves
+        c = req.client
+        self.gpu_pred_run[c] -= req.predicted_gpu_s / req.weight
+        self.gpu_meas_run[c] -= req.gpu_s
+        self.rfc_base[c] += req.gpu_s
+        self._refresh(c)
 
     def on_finish(self, req, now):
         self._leave(req)
