@@ -34,10 +34,11 @@ def vtc_bound(max_input: int, batch_tokens: int, w_p: float = 1.0, w_q: float = 
 
 
 def max_service_gap(res: SimResult) -> float:
-    """Largest |(S_f - S_g) change| over any interval in which clients f and g are both continuously backlogged."""
+    """Largest |(S_f - S_g) change| over any interval in which clients f and g are both continuously backlogged,
+    S being service over the client's weight (the quantity VTC's bound is about)."""
     if len(res.samples_t) < 2:
         return 0.0
-    S = np.vstack(res.samples_service)   # (T, C)
+    S = np.vstack(res.samples_service) / _weights(res)   # (T, C)
     B = np.vstack(res.samples_backlog)   # (T, C)
     worst = 0.0
     C = S.shape[1]

@@ -204,8 +204,10 @@ class Scheduler:
         c = self.policy.preempt_candidate(head.client, self.running_by_client)
         if c is None:
             return False
-        victim = next(r for r in reversed(self.running.values()) if r.client == c)
-        if self.reserved - self._reservation(victim) + self._reservation(head) > self.kv_capacity:
+        # the client's newest request that was never preempted: each request is recomputed at most once for
+        # fairness, so the engine cannot thrash between two clients
+        victim = next((r for r in reversed(self.running.values()) if r.client == c and not r.preemptions), None)
+        if victim is None or self.reserved - self._reservation(victim) + self._reservation(head) > self.kv_capacity:
             return False
         self._evict(victim, now)
         out.prefills = [(r, x) for r, x in out.prefills if r is not victim]

@@ -99,6 +99,32 @@ def test_vtc_bound_holds_under_overload(suite):
     assert gaps[300.0][0] <= 1.2 * gaps[150.0][0] + 1024
 
 
+def test_vtc_bound_holds_on_weighted_service():
+    """The gap is measured on service over weight: weighted VTC stays within the bound, FCFS (equal raw service
+    to clients of weights 1 and 2) does not."""
+    wl = suite_workload("overload-weighted", duration=300.0)
+    v = summarize(simulate(wl.requests, "vtc", "a10g-llama-7b"))
+    f = summarize(simulate(wl.requests, "fcfs", "a10g-llama-7b"))
+    assert v.max_gap <= 0.5 * v.vtc_bound < v.vtc_bound < f.max_gap
+
+
+def test_vtc_charges_a_prompt_once_across_preemptions():
+    for name in ("vtc", "vtc-pred", "equinox"):
+        p = make_policy(name)
+        r = R(0, "a", 0.0, 100, 10)
+        p.add(r, 0.0, {})
+        p.pop(0.0).predicted_output = 10.0
+        p.on_admit(r, 0.0)
+        charged = p.counter["a"]
+        assert charged == (120.0 if name == "vtc-pred" else 100.0)
+        r.preemptions = 1                   # the engine evicted it: back to the head of the queue
+        p.on_evict(r)
+        p.requeue_front(r, {}, 1.0)
+        p.pop(1.0)
+        p.on_admit(r, 1.0)
+        assert p.counter["a"] == charged, name
+
+
 def test_weighted_vtc_serves_in_proportion():
     wl = suite_workload("overload-weighted", duration=120.0)
     res = simulate(wl.requests, "vtc", "a10g-llama-7b")
@@ -145,8 +171,9 @@ def test_equinox_resource_counter_by_hand():
     p.on_admit(r2, 0.3)
     p.on_step({}, {"a": 0.1}, 0.4)
     r2.gpu_s = 0.1
-    p.on_evict(r2)                                    # evicted: its prediction leaves, the work done stays
-    assert p.rfc("a") == pytest.approx(0.8)
+    assert p.rfc("a") == pytest.approx(0.7 + 1.5)     # running: its prediction (3.0 over weight 2) stands
+    p.on_evict(r2)                                    # evicted: its prediction leaves, and so does the work
+    assert p.rfc("a") == pytest.approx(0.7)           # thrown away (the client is not charged for it)
 
 
 def test_equinox_resource_counter_is_lifted():

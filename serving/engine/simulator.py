@@ -93,7 +93,8 @@ class Simulator:
                     continue
                 raise RuntimeError(f"scheduler made no progress at t={now:.3f}s with {s.policy.waiting} waiting")
             for r in out.admitted:
-                service[r.client] += w_p * r.prompt_tokens
+                if not r.preemptions:  # a prompt recomputed after a preemption is not service delivered again
+                    service[r.client] += w_p * r.prompt_tokens
             k = s.quiet_steps(out)
             if k == 1:
                 dt, util = p.iteration([(c, r.prefilled) for r, c in out.prefills], out.n_decode, out.decode_kv)

@@ -137,16 +137,19 @@ class EquinoxPolicy(VTCPolicy):
             run[c] += g
         self._dirty.update(gpu_seconds)
 
-    def _leave(self, req) -> None:
-        # the request's measurement moves to the base; its prediction leaves
+    def _leave(self, req, kept: bool) -> None:
+        # the request's prediction leaves; its measurement moves to the base if the work was kept
         c = req.client
         self.gpu_pred_run[c] -= req.predicted_gpu_s / req.weight
         self.gpu_meas_run[c] -= req.gpu_s
-        self.rfc_base[c] += req.gpu_s
+        if kept:
+            self.rfc_base[c] += req.gpu_s
         self._refresh(c)
 
     def on_finish(self, req, now):
-        self._leave(req)
+        self._leave(req, kept=True)
 
     def on_evict(self, req):
-        self._leave(req)
+        # the engine threw the work away (its KV is dropped and will be recomputed): the client is not charged
+        # for it, or every eviction would raise its counter and make it the next victim
+        self._leave(req, kept=False)

@@ -88,6 +88,8 @@ class VTCPolicy(Policy):
         self._refresh(client)
 
     def on_admit(self, req, now):
+        if req.preemptions:
+            return  # readmitted after a preemption: its prompt was charged the first time (the user gets it once)
         self.charge(req.client, self.w_p * req.prompt_tokens / req.weight)
 
     def on_tokens(self, req, n, now):
@@ -107,7 +109,14 @@ class VTCPredictedPolicy(VTCPolicy):
 
     name = "vtc-pred"
 
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.charged: dict[int, float] = {}  # rid -> the output prediction charged at first admission
+
     def on_admit(self, req, now):
+        if req.rid in self.charged:
+            return  # readmitted after a preemption: charged at its first admission
+        self.charged[req.rid] = req.predicted_output
         self.charge(req.client, (self.w_p * req.prompt_tokens + self.w_q * req.predicted_output) / req.weight)
 
     def on_tokens(self, req, n, now):
@@ -117,4 +126,4 @@ class VTCPredictedPolicy(VTCPolicy):
         self.on_iteration(gpu_seconds, now)  # output is charged from the prediction, corrected at completion
 
     def on_finish(self, req, now):
-        self.charge(req.client, self.w_q * (req.output_tokens - req.predicted_output) / req.weight)
+        self.charge(req.client, self.w_q * (req.output_tokens - self.charged.pop(req.rid)) / req.weight)
