@@ -209,11 +209,15 @@ class Scheduler:
         victim = next((r for r in reversed(self.running.values()) if r.client == c and not r.preemptions), None)
         if victim is None or self.reserved - self._reservation(victim) + self._reservation(head) > self.kv_capacity:
             return False
+        self._preempt(victim, out, now)
+        return True
+
+    def _preempt(self, victim: Request, out: SchedulerOutput, now: float) -> None:
+        """Evict a running request and take it out of this iteration's work."""
         self._evict(victim, now)
-        out.prefills = [(r, x) for r, x in out.prefills if r is not victim]
+        out.prefills = [(r, c) for r, c in out.prefills if r is not victim]
         out.admitted = [r for r in out.admitted if r is not victim]
         out.preempted.append(victim)
-        return True
 
     def _make_room(self, out: SchedulerOutput, now: float) -> None:
         """Preempt the latest-admitted requests while this iteration would overflow the KV cache."""
@@ -232,11 +236,7 @@ class Scheduler:
             return (self.dec.kv_blocks(ahead) + pre) * bt
 
         while need() > self.kv_capacity and len(self.running) > 1:
-            victim = self.running[next(reversed(self.running))]
-            self._evict(victim, now)
-            out.prefills = [(r, c) for r, c in out.prefills if r is not victim]
-            out.admitted = [r for r in out.admitted if r is not victim]
-            out.preempted.append(victim)
+            self._preempt(self.running[next(reversed(self.running))], out, now)
         if out.decode and not self.dec:
             out.decode = False
 
