@@ -69,13 +69,12 @@ class Scheduler:
         self.preemptions = 0
         self.finished: list[Request] = []
         self.gpu_used: dict[str, float] = defaultdict(float)  # weighted GPU-seconds attributed per client
-        self.client_req: dict[str, Request] = {}  # the first request of each client (its weight is the client's)
-        self.w_of: dict[str, float] = {}          # client -> weight
+        self.w_of: dict[str, float] = {}          # client -> weight (a client has one)
         self._seq = 0
 
     # arrivals -----------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> None:
-        first = self.client_req.setdefault(req.client, req)
+        first = self.policy.rep.get(req.client, req)  # the client's first request
         if first.weight != req.weight:
             raise RequestError(f"request {req.rid} ({req.client}): weight {req.weight} differs from the weight "
                                f"{first.weight} of the client's request {first.rid}; a client has one weight")

@@ -12,7 +12,6 @@ import gc
 import math
 from dataclasses import dataclass, field
 
-
 from serving.engine.profiles import Profile
 from serving.request import Request, RequestError
 from serving.scheduler import Scheduler
@@ -53,9 +52,8 @@ class Simulator:
                 raise RequestError(f"request {r.rid} ({r.client}): {r.prompt_tokens}+{r.max_output} tokens can "
                                    f"never fit the KV cache of {cap} tokens")
         self.clients = sorted({r.client for r in self.reqs})
-        self.cidx = {c: i for i, c in enumerate(self.clients)}
         self.sample_dt = sample_dt
-        self._scan = (0, -1)   # (where the last arrival scan stopped, the policy's drain count then)
+        self._scan = (0, -1)   # (where the last arrival scan stopped, the policy's backlog log length then)
         self.w_p, self.w_q = w_p, w_q
 
     def run(self, progress=None) -> SimResult:
@@ -140,15 +138,15 @@ class Simulator:
         joins the back of its client's queue and changes no decision, lift or sample until the fold ends, so
         it is added then (with its own arrival time). A client with nothing waiting is lifted on arrival and
         may be admitted at once: the fold stops there. The scan resumes where the last one stopped while no
-        queue has drained since (arrivals it passed still do not matter), so it costs O(1) per arrival."""
+        queue has changed state since (arrivals it passed still do not matter), so it costs O(1) per arrival."""
         reqs, pol = self.reqs, self.s.policy
-        queues, n = pol.queues, len(reqs)
-        j, drains = self._scan
-        if drains != pol.drains or j < i:
+        queues, n, version = pol.queues, len(reqs), len(pol.backlog_log)
+        j, seen = self._scan
+        if seen != version or j < i:
             j = i
         while j < n and queues.get(reqs[j].client):
             j += 1
-        self._scan = (j, pol.drains)
+        self._scan = (j, version)
         return reqs[j].arrival if j < n else None
 
     def _limit_to_arrival(self, out, k: int, now: float, next_arrival: float | None) -> int:

@@ -74,7 +74,6 @@ class Policy(abc.ABC):
         self.queues: dict[str, deque[Request]] = {}
         self.waiting = 0
         self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
-        self.drains = 0                     # how many times a client's queue became empty
         self.backlog_log: list[tuple[float, str, bool]] = []  # (time, client, queue now non-empty / empty)
 
     @classmethod
@@ -115,7 +114,6 @@ class Policy(abc.ABC):
         req = q.popleft()
         self.waiting -= 1
         if not q:
-            self.drains += 1
             self.backlog_log.append((now, c, False))
             self.on_drained(c)
         return req

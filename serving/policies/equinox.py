@@ -62,13 +62,6 @@ class EquinoxPolicy(VTCPolicy):
         return EngineBehaviour(chunked_prefill=True, token_budget=512, reserve="predicted", reserve_factor=1.5,
                                adaptive=False)
 
-    def ufc(self, client: str) -> float:
-        c = self.counter.get(client, 0.0)
-        if self.cfg.latency_weight == 0 or self.wait_all <= 0:
-            return c
-        rel = self.wait.get(client, self.wait_all) / self.wait_all - 1.0
-        return c - self.cfg.latency_weight * self.scale_u * max(-1.0, min(1.0, rel))
-
     def rfc(self, client: str) -> float:
         """Weighted GPU-seconds: measured for the client's requests that have left the batch, plus, for those
         running, the larger of what was predicted at admission and what has been measured so far (the
@@ -76,8 +69,8 @@ class EquinoxPolicy(VTCPolicy):
         return self.rfc_base[client] + max(self.gpu_meas_run[client], self.gpu_pred_run[client])
 
     def priority(self, client: str) -> float:
-        # HF = alpha * UFC / U + beta * RFC / G (ufc() and rfc() inlined: this runs for every charged client
-        # before each decision)
+        # HF = alpha * UFC / U + beta * RFC / G, UFC = VTC counter - bounded latency credit (module doc); rfc()
+        # inlined: this runs for every charged client before each decision
         cfg = self.cfg
         hf = 0.0
         if cfg.alpha:
@@ -122,16 +115,6 @@ class EquinoxPolicy(VTCPolicy):
         super().on_admit(req, now)
 
     def on_iteration(self, gpu_seconds, now):
-        run = self.gpu_meas_run
-        for c, g in gpu_seconds.items():
-            run[c] += g
-        self._dirty.update(gpu_seconds)
-
-    def on_step(self, tokens, gpu_seconds, now):
-        # VTCPolicy.on_step and on_iteration in one pass (every client with tokens also has GPU time)
-        cnt, rep, w_q = self.counter, self.rep, self.w_q
-        for c, n in tokens.items():
-            cnt[c] += w_q * n / rep[c].weight
         run = self.gpu_meas_run
         for c, g in gpu_seconds.items():
             run[c] += g
