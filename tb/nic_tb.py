@@ -34,7 +34,7 @@ class LinkConfig:
     rcb: int = 64           # Read Completion Boundary of the root complex, bytes
     split_on_all_rcb: bool = False  # root complex splits completions at every RCB
     tx_backpressure: bool = False   # MAC TX sink pauses
-    payload_keep: int = 64  # payload bytes kept per TLP in the trace
+    payload_keep: int = 4096  # payload bytes kept per TLP in the trace
 
     def __post_init__(self) -> None:
         if self.mps not in MPS_CODES:
@@ -52,7 +52,7 @@ class LinkConfig:
             mps=int(env.get("NIC_MPS", 256)), mrrs=int(env.get("NIC_MRRS", 512)), rcb=int(env.get("NIC_RCB", 64)),
             split_on_all_rcb=env.get("NIC_SPLIT_RCB", "0") == "1",
             tx_backpressure=env.get("NIC_TX_BACKPRESSURE", "0") == "1",
-            payload_keep=int(env.get("NIC_PAYLOAD_KEEP", 64)),
+            payload_keep=int(env.get("NIC_PAYLOAD_KEEP", 4096)),
         )
 
 
@@ -145,6 +145,10 @@ class TB:
             cfg_rcb_status=dut.cfg_rcb_status, cfg_function_status=dut.cfg_function_status,
             cfg_interrupt_msix_enable=dut.cfg_interrupt_msix_enable,
             cfg_interrupt_msix_mask=dut.cfg_interrupt_msix_mask,
+            cfg_mgmt_addr=dut.cfg_mgmt_addr, cfg_mgmt_function_number=dut.cfg_mgmt_function_number,
+            cfg_mgmt_write=dut.cfg_mgmt_write, cfg_mgmt_write_data=dut.cfg_mgmt_write_data,
+            cfg_mgmt_byte_enable=dut.cfg_mgmt_byte_enable, cfg_mgmt_read=dut.cfg_mgmt_read,
+            cfg_mgmt_read_data=dut.cfg_mgmt_read_data, cfg_mgmt_read_write_done=dut.cfg_mgmt_read_write_done,
         )
         self.dev.log.setLevel(logging.WARNING)
         self.rc.log.setLevel(logging.ERROR)

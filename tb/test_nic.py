@@ -335,7 +335,7 @@ async def completion_timeout(dut):
     tb.faults.drop_ranges.clear()
     assert tb.faults.dropped >= 1
     tags = await tb.read_reg("REG_DMA_TAGS")
-    assert (tags >> 8) & 0xFF == tb.faults.dropped, f"timed-out tags stay quarantined: {tags:#x}"
+    assert (tags >> 9) & 0x1FF == tb.faults.dropped, f"timed-out tags stay quarantined: {tags:#x}"
     await _stop_test(tb, "QSTAT_TIMEOUT_BIT", "REG_STAT_CPL_TIMEOUTS")
 
 
