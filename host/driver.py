@@ -30,7 +30,13 @@ class DriverConfig:
     irq_coalesce_count: int = 1   # events per interrupt
     irq_coalesce_timer: int = 0   # cycles after the first event (0: off)
     cpl_timeout: int | None = None  # DMA completion timeout in cycles (None: device default)
+    tag_hold: int | None = None     # cycles a timed-out tag stays quarantined (None: device default)
+    cpl_credits: tuple[int, int] | None = None  # completion-buffer limits (CplH, CplD) the device may use
     irq_wait_ns: int = 10_000_000  # longest wait for an interrupt before checking for a stopped queue
+    buf_offset: int = 0            # bytes from the start of each packet buffer's page to the buffer (DWORD multiple)
+    relaxed_ordering: bool = True  # ask for Relaxed Ordering on packet data (effective if Device Control allows)
+    no_snoop: bool = False         # ask for No Snoop on packet data (effective if Device Control allows)
+    start_polls: int = 64          # status reads a queue (re)start may take while the device drains old DMA
 
     def __post_init__(self) -> None:
         for name in ("tx_ring_size", "rx_ring_size"):
@@ -41,6 +47,14 @@ class DriverConfig:
             v = getattr(self, name)
             if v <= 0 or v % 4:
                 raise ValueError(f"{name} must be a positive multiple of 4, got {v!r}")
+        if self.buf_offset < 0 or self.buf_offset % 4 or self.buf_offset >= 4096:
+            raise ValueError(f"buf_offset must be a DWORD multiple in [0, 4096), got {self.buf_offset!r}")
+        if self.cpl_credits is not None:
+            h, d = self.cpl_credits
+            if not (1 <= h <= 256 and 1 <= d <= 4095):
+                raise ValueError(f"cpl_credits must be (1..256 CplH, 1..4095 CplD), got {self.cpl_credits!r}")
+        if self.start_polls < 1:
+            raise ValueError(f"start_polls must be >= 1, got {self.start_polls!r}")
 
 
 @dataclass
@@ -72,6 +86,7 @@ class NicDriver:
         self.rx: Ring | None = None
         self.rx_queue: list[bytes] = []
         self.rx_status: list[int] = []
+        self.rx_pending_think = 0     # received frames whose per-frame CPU work is still to be spent
         self.tx_done = 0
 
     # setup ------------------------------------------------------------------------------------
@@ -83,6 +98,13 @@ class NicDriver:
         c = self.config
         if c.cpl_timeout is not None:
             await self.pci.mmio_write32(r.REG_CPL_TIMEOUT, c.cpl_timeout)
+        if c.tag_hold is not None:
+            await self.pci.mmio_write32(r.REG_TAG_HOLD, c.tag_hold)
+        if c.cpl_credits is not None:
+            await self.pci.mmio_write32(r.REG_DMA_CREDITS, c.cpl_credits[0] | c.cpl_credits[1] << 16)
+        ctrl = (c.relaxed_ordering << r.CTRL_RO_BIT) | (c.no_snoop << r.CTRL_NS_BIT)
+        if ctrl:
+            await self.pci.mmio_write32(r.REG_CTRL, ctrl)
         await self.pci.mmio_write32(r.REG_IRQ_COAL_COUNT, c.irq_coalesce_count)
         await self.pci.mmio_write32(r.REG_IRQ_COAL_TIMER, c.irq_coalesce_timer)
         self.tx = self._alloc_ring(c.tx_ring_size, BufferKind.TX_RING, BufferKind.TX_CPL_RING,
@@ -102,7 +124,11 @@ class NicDriver:
     def _alloc_ring(self, size: int, dkind: BufferKind, ckind: BufferKind, bkind: BufferKind, bsize: int) -> Ring:
         desc = self.pci.dma_alloc(size * self.regs.DESC_BYTES, dkind)
         cpl = self.pci.dma_alloc(size * self.regs.CPL_BYTES, ckind)
-        bufs = [self.pci.dma_alloc(bsize, bkind) for _ in range(size)]
+        off = self.config.buf_offset
+        bufs = []
+        for _ in range(size):
+            b = self.pci.dma_alloc(bsize + off, bkind)
+            bufs.append(DmaBuffer(b.addr + off, bsize, bkind) if off else b)
         return Ring(size, desc, cpl, bufs)
 
     async def _setup_queue(self, q: str, ring: Ring) -> None:
@@ -114,9 +140,40 @@ class NicDriver:
         await self.pci.mmio_write32(getattr(r, f"REG_{q}_CPL_BASE_HI"), ring.cpl.addr >> 32)
         await self.pci.mmio_write32(getattr(r, f"REG_{q}_SIZE"), ring.size)
         await self.pci.mmio_write32(getattr(r, f"REG_{q}_CTRL"), 1 << r.QCTRL_ENABLE_BIT)
-        status = await self.pci.mmio_read32(getattr(r, f"REG_{q}_STATUS"))
-        if not status & (1 << r.QSTAT_ACTIVE_BIT):
-            raise NicError(f"{q} did not start: status {status:#x}")
+        # the device may still be draining DMA of the queue's previous life: poll, but never wait forever
+        for _ in range(self.config.start_polls):
+            status = await self.pci.mmio_read32(getattr(r, f"REG_{q}_STATUS"))
+            if status & (1 << r.QSTAT_ACTIVE_BIT):
+                return
+            if status & ~((1 << r.QSTAT_DRAIN_BIT) | (1 << r.QSTAT_ACTIVE_BIT)):
+                break
+        raise NicError(f"{q} did not start: {self.describe_status(status)}")
+
+    def describe_status(self, status: int) -> str:
+        """Queue status bits by name, e.g. 'TIMEOUT, QUAR (status 0x28)'."""
+        r = self.regs
+        names = [n for n in ("ACTIVE", "SIZE_ERR", "DMA_ERR", "TIMEOUT", "DESC_ERR", "QUAR", "DRAIN")
+                 if status & (1 << getattr(r, f"QSTAT_{n}_BIT"))]
+        return f"{', '.join(names) or 'stopped'} (status {status:#x})"
+
+    async def reset_queue(self, q: str) -> None:
+        """Disable and restart a queue (what a driver does after an error): rings start empty again.
+
+        The device drains the queue's outstanding DMA, frees the tags its timed-out reads hold once they are
+        older than the hold time, and reports NicError if the queue cannot start (e.g. tags still exhausted).
+        """
+        ring = self.tx if q == "TXQ" else self.rx
+        assert ring is not None, "init() first"
+        ring.prod = ring.clean = ring.phase = 0
+        ring.lens.clear()
+        for i in range(ring.size):  # stale completions must not look valid in the new life
+            self.pci.dma_write(ring.cpl.addr + i * self.regs.CPL_BYTES, bytes(self.regs.CPL_BYTES))
+        await self._setup_queue(q, ring)
+        if q == "RXQ":
+            for i in range(ring.size - 1):
+                self._write_desc(ring, i, ring.bufs[i].addr, self.config.rx_buf_size)
+            ring.prod = ring.size - 1
+            await self.pci.mmio_write32(self.regs.REG_RXQ_PROD, ring.prod)
 
     def _write_desc(self, ring: Ring, idx: int, addr: int, length: int) -> None:
         self.pci.dma_write(ring.desc.addr + idx * self.regs.DESC_BYTES, struct.pack("<QII", addr, length, 0))
@@ -143,6 +200,7 @@ class NicDriver:
             for f in frames[i:i + n]:
                 if not 0 < len(f) <= min(self.config.tx_buf_size, self.regs.MAX_FRAME_BYTES):
                     raise ValueError(f"frame length {len(f)} out of range 1..{self.config.tx_buf_size}")
+                await self.pci.think("tx_frame")
                 slot = self.tx.prod
                 buf = self.tx.bufs[slot]
                 self.pci.dma_write(buf.addr, f)
@@ -196,6 +254,7 @@ class NicDriver:
                 raise NicError(f"RX completion for descriptor {idx}, expected {self.rx.clean}")
             buf = self.rx.bufs[idx]
             self.rx_queue.append(self.pci.dma_read(buf.addr, length))
+            self.rx_pending_think += 1
             self.rx_status.append(status)
             # repost this buffer at the producer slot
             slot = self.rx.prod
@@ -209,6 +268,9 @@ class NicDriver:
 
     async def recv(self, timeout_ns: int = 100_000_000) -> bytes:
         """Next received frame (waits for an interrupt when none is ready)."""
+        while self.rx_pending_think:  # the CPU work of frames reaped by poll_rx (which cannot wait)
+            self.rx_pending_think -= 1
+            await self.pci.think("rx_frame")
         while not self.rx_queue:
             tok = self.pci.irq_count
             if self.poll_rx():
@@ -233,9 +295,10 @@ class NicDriver:
 
     async def _check_errors(self, q: str) -> None:
         s = await self.queue_status(q)
-        bits = [n for n in ("SIZE_ERR", "DMA_ERR", "TIMEOUT", "DESC_ERR") if s & (1 << getattr(self.regs, f"QSTAT_{n}_BIT"))]
+        bits = [n for n in ("SIZE_ERR", "DMA_ERR", "TIMEOUT", "DESC_ERR", "QUAR")
+                if s & (1 << getattr(self.regs, f"QSTAT_{n}_BIT"))]
         if bits:
-            raise NicError(f"{q} stopped: {', '.join(bits)} (status {s:#x})")
+            raise NicError(f"{q} stopped: {self.describe_status(s)}")
 
     async def stats(self) -> dict[str, int]:
         out = {}

@@ -76,3 +76,11 @@ class PcieAccess(abc.ABC):
     @abc.abstractmethod
     def irq_count(self) -> int:
         """Interrupts received so far."""
+
+    async def think(self, what: str) -> None:
+        """CPU time the driver spends on ``what`` ("tx_frame", "rx_frame", ...) between device accesses.
+
+        On real hardware the CPU spends that time by itself, so the default does nothing; a simulated host
+        waits a modelled duration here, which is what gives a capture realistic host-side timing.
+        """
+        return None

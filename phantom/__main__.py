@@ -1,14 +1,25 @@
-"""python -m phantom check|stats|convert: the trace toolkit's command line."""
+"""python -m phantom check|stats|convert|rules: the trace toolkit's command line."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from phantom.rules import check_file
-from phantom.stats import format_summary, plot, summarize
+from phantom.rules import RULES, check_file
+from phantom.stats import format_compare, format_summary, plot, summarize
 from phantom.trace import TraceFormatError, convert, load_any_columns
+
+
+def _waivers(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        rule, sep, why = item.partition("=")
+        if not sep or not why.strip():
+            raise ValueError(f"--waive {item!r}: give the rule and the reason, --waive RULE=REASON")
+        out[rule.strip()] = why.strip()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,27 +28,46 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="check a trace against the PCIe rules (exit 1 on violations)")
     c.add_argument("trace")
     c.add_argument("--json", action="store_true", help="machine-readable output")
-    c.add_argument("--timeout-ms", type=float, default=50.0, help="completion timeout limit in trace time")
+    c.add_argument("--timeout-ms", type=float, default=None,
+                   help="completion timeout limit in trace time (default: the device's from the trace header, "
+                        "else 50 ms)")
     c.add_argument("--first", type=int, default=20, help="offending records to list")
     c.add_argument("--no-nic", action="store_true", help="skip the NIC causality rules")
+    c.add_argument("--waive", action="append", default=[], metavar="RULE=REASON",
+                   help="count RULE's occurrences without failing; the reason is printed in the report (repeatable)")
     s = sub.add_parser("stats", help="statistics of a trace")
     s.add_argument("trace")
     s.add_argument("--json", action="store_true")
     s.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
+    s.add_argument("--compare", metavar="TRACE", help="print the realism table of this trace beside the other")
     v = sub.add_parser("convert", help="convert between .jsonl[.gz] and .npz (lossless)")
     v.add_argument("src")
     v.add_argument("dst")
+    sub.add_parser("rules", help="list the rules: id, severity, spec section, the sentence each enforces")
     args = ap.parse_args(argv)
     try:
         if args.cmd == "check":
-            rep = check_file(args.trace, timeout_ns=args.timeout_ms * 1e6, first_n=args.first,
-                             nic_rules=not args.no_nic)
+            if args.first < 0:
+                raise ValueError(f"--first must be >= 0, got {args.first}")
+            if args.timeout_ms is not None and not args.timeout_ms > 0:
+                raise ValueError(f"--timeout-ms must be positive, got {args.timeout_ms}")
+            rep = check_file(args.trace, timeout_ns=None if args.timeout_ms is None else args.timeout_ms * 1e6,
+                             first_n=args.first, nic_rules=not args.no_nic, waive=_waivers(args.waive))
             print(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
             return 0 if rep.ok else 1
         if args.cmd == "stats":
             cols = load_any_columns(args.trace)
             summ = summarize(cols)
-            print(json.dumps(summ, indent=1) if args.json else format_summary(summ))
+            if args.compare:
+                other = summarize(args.compare)
+                if args.json:
+                    from phantom.stats import realism
+
+                    print(json.dumps({"a": realism(summ), "b": realism(other)}, indent=1))
+                else:
+                    print(format_compare(summ, other, (args.trace, args.compare)))
+            else:
+                print(json.dumps(summ, indent=1) if args.json else format_summary(summ))
             if args.plot:
                 for f in plot(cols, args.plot):
                     print(f"wrote {f}", file=sys.stderr)
@@ -46,11 +76,25 @@ def main(argv: list[str] | None = None) -> int:
             n = convert(args.src, args.dst)
             print(f"{n} records: {args.src} -> {args.dst}")
             return 0
-    except (TraceFormatError, FileNotFoundError, ValueError) as e:
+        if args.cmd == "rules":
+            for r in RULES.values():
+                print(f"{r.id:<18} {r.severity.name.lower():<8} {r.group.value:<11} [{r.spec}] {r.sentence}")
+            return 0
+    except (TraceFormatError, FileNotFoundError, IsADirectoryError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 2
 
 
+def entry() -> int:
+    try:
+        return main()
+    except BrokenPipeError:
+        # the reader (e.g. `| head`) went away: say nothing more, exit like other command-line tools
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -80,10 +80,30 @@ def autocorr(x: np.ndarray, lags: int = 5) -> list[float]:
     return [float((x[:-k] * x[k:]).sum() / d) for k in range(1, lags + 1)]
 
 
+def classify_from_map(tc: TraceColumns) -> np.ndarray:
+    """Semantic classes re-derived from the header's memory map (for traces whose records carry none)."""
+    from phantom.memmap import MemoryMap
+
+    mm = MemoryMap.from_json(tc.header.memory_map)
+    types = tc["type"].tolist()
+    dirs = tc["dir"].tolist()
+    addrs = tc["address"].tolist()
+    return np.array([int(mm.classify(TlpType(t), Direction(d), a)) for t, d, a in zip(types, dirs, addrs)],
+                    dtype=np.uint8)
+
+
 def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) -> dict[str, Any]:
     """A dict of trace statistics (JSON-serialisable)."""
     tc = path_or_cols if isinstance(path_or_cols, TraceColumns) else load_any_columns(path_or_cols)
     h = tc.header
+    notes = []
+    if len(tc) and not (tc["cls"] != SemClass.OTHER).any():
+        if h.memory_map:
+            tc.cols["cls"] = classify_from_map(tc)
+            notes.append("semantic classes derived from the header's memory map")
+        else:
+            notes.append("records carry no semantic classes and the header no memory map: per-class figures "
+                         "are over all device requests")
     n = len(tc)
     t = tc["t_ps"].astype(np.int64)
     dur_ps = int(t.max() - t.min()) if n else 0
@@ -108,7 +128,10 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
         payload_bytes[d.name.lower()] = int(plen[m].sum())
         util[d.name.lower()] = float(wire[m].sum() / (cap_bytes_per_ns * dur_ps / 1000.0)) if dur_ps else 0.0
     lat, lk = read_latencies(tc)
-    dev_lat = lat[np.isin(lk, [SemClass.DESC_READ, SemClass.DATA_READ])]
+    req, done = match_reads(tc)
+    dev = tc["dir"][req] == Direction.UP if len(req) else np.zeros(0, bool)
+    classed = np.isin(lk, [SemClass.DESC_READ, SemClass.DATA_READ])
+    dev_lat = lat[classed] if classed.any() else lat[dev]
     # request sizes
     rd = np.isin(types, [TlpType.MRd32, TlpType.MRd64]) & (dirs == Direction.UP)
     wr = np.isin(types, [TlpType.MWr32, TlpType.MWr64]) & (dirs == Direction.UP)
@@ -116,6 +139,10 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
              "write_bytes": Counter((tc["length"][wr].astype(np.int64) * 4).tolist())}
     up = dirs == Direction.UP
     ia = np.diff(t[up]) / 1000.0 if up.sum() > 1 else np.zeros(0)
+    dn = dirs == Direction.DOWN
+    ia_down = np.diff(t[dn]) / 1000.0 if dn.sum() > 1 else np.zeros(0)
+    # completions per device read (how completers split reads)
+    cpl_per_read = _completions_per_read(tc)
     # doorbell to the first DMA that follows it
     db_idx = np.flatnonzero(cls == SemClass.DOORBELL)
     dma_idx = np.flatnonzero(np.isin(cls, [SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE]))
@@ -151,6 +178,8 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
             mt = m & (types == ty)
             timeline[f"{d.name.lower()}_{TlpType(int(ty)).name}_tlps"] = np.histogram(rel[mt], edges)[0].tolist()
     cpl_writes = int((cls == SemClass.CPL_WRITE).sum())
+    type_frac = {f"{d.name.lower()}_{TlpType(int(k)).name}": int(v) / n
+                 for d in Direction for k, v in sorted(Counter(types[dirs == d].tolist()).items())} if n else {}
     dma_tlps = int(np.isin(cls, [SemClass.DESC_READ, SemClass.DATA_READ, SemClass.DATA_WRITE, SemClass.CPL_WRITE,
                                  SemClass.INTERRUPT]).sum())
     return {
@@ -164,9 +193,92 @@ def summarize(path_or_cols: str | Path | TraceColumns, bins_us: float = 10.0) ->
                                      "p99": _pct(ia, 99), "autocorr_lag1_5": autocorr(ia)},
         "outstanding_reads": {"max": int(depth.max()) if len(depth) else 0, "time_mean": depth_mean},
         "address_alignment": align, "address_stride_top": stride, "timeline": timeline,
+        "downstream_interarrival_ns": {"p50": _pct(ia_down, 50), "p99": _pct(ia_down, 99)},
+        "completions_per_read": {"mean": float(cpl_per_read.mean()) if len(cpl_per_read) else float("nan"),
+                                 "max": int(cpl_per_read.max()) if len(cpl_per_read) else 0},
+        "type_fractions": type_frac,
         "doorbell_to_dma_ns": {"p50": _pct(np.asarray(db_lat), 50), "p99": _pct(np.asarray(db_lat), 99)},
-        "tlps_per_packet": (dma_tlps / cpl_writes) if cpl_writes else float("nan"),
+        "tlps_per_packet": (dma_tlps / cpl_writes) if cpl_writes else None,
+        "notes": notes,
     }
+
+
+def _completions_per_read(tc: TraceColumns) -> np.ndarray:
+    """Completions each device read (upstream memory read) was answered with."""
+    types = tc["type"].tolist()
+    dirs = tc["dir"].tolist()
+    rid = tc["requester_id"].tolist()
+    tag = tc["tag"].tolist()
+    bc = tc["byte_count"].tolist()
+    ln = tc["length"].tolist()
+    la = tc["lower_address"].tolist()
+    st = tc["status"].tolist()
+    reads = {TlpType.MRd32.value, TlpType.MRd64.value}
+    cpls = {TlpType.CplD.value, TlpType.Cpl.value}
+    open_: dict[tuple[int, int], int] = {}
+    out = []
+    for i, t in enumerate(types):
+        if t in reads and dirs[i] == Direction.UP:
+            open_[(rid[i], tag[i])] = 0
+        elif t in cpls and dirs[i] == Direction.DOWN and (rid[i], tag[i]) in open_:
+            k = (rid[i], tag[i])
+            open_[k] += 1
+            if t == TlpType.Cpl.value or st[i] != 0 or bc[i] <= ln[i] * 4 - (la[i] & 3):
+                out.append(open_.pop(k))
+    return np.asarray(out, dtype=np.int64)
+
+
+def realism(s: dict[str, Any]) -> dict[str, float]:
+    """The realism figures of a summary, flat (what ``phantom stats A --compare B`` puts side by side)."""
+    rs = s["request_sizes"]
+
+    def size_mix(d: dict[str, int]) -> tuple[float, float]:
+        if not d:
+            return float("nan"), float("nan")
+        sizes = np.repeat(np.array([int(k) for k in d], dtype=np.int64), [int(v) for v in d.values()])
+        return float(np.percentile(sizes, 50)), float(sizes.mean())
+
+    rd50, rdm = size_mix(rs["read_bytes"])
+    wr50, wrm = size_mix(rs["write_bytes"])
+    out = {
+        "TLPs": float(s["tlps"]), "duration (us)": s["duration_us"],
+        "DMA read latency p50 (ns)": s["read_latency_ns"]["p50"], "DMA read latency p99 (ns)": s["read_latency_ns"]["p99"],
+        "up inter-arrival p50 (ns)": s["upstream_interarrival_ns"]["p50"],
+        "up inter-arrival p99 (ns)": s["upstream_interarrival_ns"]["p99"],
+        "down inter-arrival p50 (ns)": s["downstream_interarrival_ns"]["p50"],
+        "down inter-arrival p99 (ns)": s["downstream_interarrival_ns"]["p99"],
+        "read request size p50 (B)": rd50, "read request size mean (B)": rdm,
+        "write request size p50 (B)": wr50, "write request size mean (B)": wrm,
+        "payload bytes down": float(s["payload_bytes"]["down"]), "payload bytes up": float(s["payload_bytes"]["up"]),
+        "reads in flight max": float(s["outstanding_reads"]["max"]),
+        "reads in flight mean": s["outstanding_reads"]["time_mean"],
+        "completions per read": s["completions_per_read"]["mean"],
+        "TLPs per frame": float("nan") if s["tlps_per_packet"] is None else s["tlps_per_packet"],
+    }
+    for k, v in sorted(s["type_fractions"].items()):
+        out[f"fraction {k}"] = v
+    return out
+
+
+def format_compare(a: dict[str, Any], b: dict[str, Any], names: tuple[str, str] = ("A", "B")) -> str:
+    """The realism table of two traces side by side, with B/A ratios."""
+    ra, rb = realism(a), realism(b)
+    keys = list(ra) + [k for k in rb if k not in ra]
+    w = max(len(k) for k in keys) + 2
+    lines = [f"{'':<{w}}{names[0][:24]:>26}{names[1][:24]:>26}{'B/A':>10}"]
+    for k in keys:
+        x, y = ra.get(k, 0.0), rb.get(k, 0.0)
+        ratio = (y / x) if x and np.isfinite(x) and np.isfinite(y) else float("nan")
+        lines.append(f"{k:<{w}}{_fmt(x):>26}{_fmt(y):>26}{_fmt(ratio):>10}")
+    return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    if abs(v) >= 1000 or v == int(v):
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
 
 
 def format_summary(s: dict[str, Any]) -> str:
@@ -180,15 +292,23 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"  link bandwidth used: down {u['down'] * 100:.1f}% ({pb['down']} payload B), "
                  f"up {u['up'] * 100:.1f}% ({pb['up']} payload B)")
     rl = s["read_latency_ns"]
-    lines.append(f"  DMA read latency: p50 {rl['p50']:.0f} ns, p99 {rl['p99']:.0f} ns over {rl['count']} reads")
-    lines.append(f"  interrupts: {s['interrupts']}; TLPs per packet: {s['tlps_per_packet']:.2f}; "
-                 f"doorbell->first DMA p50 {s['doorbell_to_dma_ns']['p50']:.0f} ns")
+    if rl["count"]:
+        lines.append(f"  DMA read latency: p50 {rl['p50']:.0f} ns, p99 {rl['p99']:.0f} ns over {rl['count']} reads")
+    else:
+        lines.append("  DMA read latency: n/a (no device reads were answered)")
+    tpp = s["tlps_per_packet"]
+    tpp_s = f"{tpp:.2f}" if tpp is not None else "n/a (no completion records)"
+    db = s["doorbell_to_dma_ns"]["p50"]
+    db_s = f"{db:.0f} ns" if np.isfinite(db) else "n/a (no doorbells)"
+    lines.append(f"  interrupts: {s['interrupts']}; TLPs per packet: {tpp_s}; doorbell->first DMA p50 {db_s}")
     o = s["outstanding_reads"]
     ia = s["upstream_interarrival_ns"]
     lines.append(f"  device reads in flight: max {o['max']}, time-weighted mean {o['time_mean']:.2f}; "
                  f"upstream inter-arrival p50 {ia['p50']:.0f} ns, p99 {ia['p99']:.0f} ns")
     for c, h in s["address_alignment"].items():
         lines.append(f"  {c} address alignment: " + ", ".join(f"{k} B: {v}" for k, v in h.items()))
+    for note in s.get("notes", []):
+        lines.append(f"  note: {note}")
     return "\n".join(lines)
 
 

@@ -26,7 +26,9 @@ from typing import Any, Iterable, Iterator, TextIO
 import numpy as np
 
 SCHEMA_NAME = "phantom.trace"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# version history: 1 link parameters and provenance; 2 adds the device's completion timeout, Device Control
+# attributes, the host memory map, the host model and the device identity (version-1 files read with defaults)
 
 
 class TraceFormatError(ValueError):
@@ -262,8 +264,14 @@ class TraceHeader:
     data_width: int = 256          # user interface data width in bits
     scenario: str = ""             # what produced it (scenario name, "generated", ...)
     simulator: str = ""            # verilator, icarus, model, ...
-    payload_bytes_kept: int = 0    # payload truncation limit used at capture (0: none kept)
-    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance (seed, git rev, ...)
+    payload_bytes_kept: int = 0    # packet-data payload truncation at capture (0: none kept; control payloads are whole)
+    cpl_timeout_ns: float = 0.0    # the device's programmed completion timeout (0: unknown, checkers use a default)
+    relaxed_ordering: bool = False # Device Control "Enable Relaxed Ordering" as the host configured it
+    no_snoop: bool = False         # Device Control "Enable No Snoop"
+    memory_map: list[dict[str, Any]] = field(default_factory=list)  # host memory map (phantom.memmap)
+    host: dict[str, Any] = field(default_factory=dict)    # host model that produced the traffic (tb.host_model)
+    device: dict[str, Any] = field(default_factory=dict)  # device identity (vendor_id, device_id, regmap, ...)
+    extra: dict[str, Any] = field(default_factory=dict)   # free-form provenance (seed, git rev, ...)
 
     def __post_init__(self) -> None:
         for name in ("mps", "mrrs"):
@@ -274,6 +282,18 @@ class TraceHeader:
             raise ValueError(f"rcb must be 64 or 128, got {self.rcb!r}")
         if self.tag_width not in (5, 8, 10):
             raise ValueError(f"tag_width must be 5, 8 or 10, got {self.tag_width!r}")
+        t = self.cpl_timeout_ns
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t < 1e12:
+            raise ValueError(f"cpl_timeout_ns must be a number in [0, 1e12), got {t!r}")
+        for name in ("relaxed_ordering", "no_snoop"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("host", "device", "extra"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be an object, got {getattr(self, name)!r}")
+        from phantom.memmap import MemoryMap  # late: memmap imports this module
+
+        MemoryMap.from_json(self.memory_map)  # raises ValueError naming the bad region
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=None, help="trace path (default traces/<scenario>.jsonl.gz)")
     ap.add_argument("--waves", action="store_true", help="write an FST waveform")
+    ap.add_argument("--host", default=None, help="host profile (default: the scenario's; see tb/host_model.py)")
     args = ap.parse_args(argv)
     try:
         sc = get_scenario(args.scenario)
@@ -34,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else ROOT / "traces" / f"{sc.name}.jsonl.gz"
     out.parent.mkdir(parents=True, exist_ok=True)
     env = {"NIC_SCENARIO": sc.name, "NIC_TRACE": str(out.resolve()), "NIC_SEED": str(args.seed)}
+    if args.host:
+        from tb.host_model import get_host_profile
+
+        try:
+            get_host_profile(args.host)
+        except ValueError as e:
+            ap.error(str(e))
+        env["NIC_HOST"] = args.host
     if args.frames:
         env["NIC_FRAMES"] = str(args.frames)
     t0 = time.time()
@@ -51,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     print(format_summary(summary))
     print("\n== PCIe rule check")
     print(report.format())
-    print(f"\nwall time {wall:.1f} s (build + simulation); simulated {summary['duration_us']:.1f} us")
+    print(f"\nwall time {wall:.1f} s (build + simulation), {summary['tlps'] / wall:,.0f} TLPs per wall second; "
+          f"simulated {summary['duration_us']:.1f} us")
     if args.waves:
         print(f"waveform in {tdir}")
     return 0 if report.ok else 2

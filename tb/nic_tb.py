@@ -1,7 +1,8 @@
-"""The NIC testbench: root complex, UltraScale+ hard-IP model, MAC models, TLP tracer, fault injector, driver."""
+"""The NIC testbench: root complex, host model, UltraScale+ hard-IP model, MAC models, TLP tap, fault injector, driver."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -15,26 +16,38 @@ from cocotbext.pcie.core.tlp import TlpType
 from cocotbext.pcie.xilinx.us import UltraScalePlusPcieDevice
 
 from host.driver import DriverConfig, NicDriver
-from host.regmap import Regs
+from host.pcie import BufferKind
+from host.regmap import REGS_VH, Regs
+from phantom.memmap import Region, RegionKind
 from phantom.trace import TraceHeader
+from tb.host_model import (HostModel, HostProvenance, HostTiming, fix_config_write_completions, get_host_profile,
+                           install_memory_latency, set_port_delays)
 from tb.pcie_access import SimPcieAccess
-from tb.tracer import Classifier, Tracer
+from tb.tap import LiveCheck, Tap, link_params
 
 BAR0_SIZE = 64 * 1024
 MPS_CODES = {128: 0, 256: 1, 512: 2}
 MRRS_CODES = {128: 0, 256: 1, 512: 2, 1024: 3, 2048: 4, 4096: 5}
+USER_CLK_NS = 4.0  # 250 MHz user clock of the hard IP
+DEVCTL_RO, DEVCTL_EXT_TAG, DEVCTL_NS = 1 << 4, 1 << 8, 1 << 11
+_KIND_REGION = {
+    BufferKind.TX_RING: RegionKind.TX_RING, BufferKind.RX_RING: RegionKind.RX_RING,
+    BufferKind.TX_DATA: RegionKind.TX_DATA, BufferKind.RX_DATA: RegionKind.RX_DATA,
+    BufferKind.TX_CPL_RING: RegionKind.TX_CPL_RING, BufferKind.RX_CPL_RING: RegionKind.RX_CPL_RING,
+}
 
 
 @dataclass
 class LinkConfig:
-    """Link parameters a test runs under (swept by the tests)."""
+    """Link parameters and host a test runs under (swept by the tests)."""
 
     mps: int = 256          # Max_Payload_Size, bytes
     mrrs: int = 512         # Max_Read_Request_Size, bytes
     rcb: int = 64           # Read Completion Boundary of the root complex, bytes
-    split_on_all_rcb: bool = False  # root complex splits completions at every RCB
+    split_on_all_rcb: bool | None = None  # root complex splits completions at every RCB (None: the host model's)
     tx_backpressure: bool = False   # MAC TX sink pauses
-    payload_keep: int = 4096  # payload bytes kept per TLP in the trace
+    packet_payload_keep: int = 64   # packet-data payload bytes kept per TLP in the trace (-1 all, 0 none)
+    host: str = "realistic"         # host profile (tb.host_model.HOST_PROFILES)
 
     def __post_init__(self) -> None:
         if self.mps not in MPS_CODES:
@@ -43,17 +56,31 @@ class LinkConfig:
             raise ValueError(f"mrrs must be one of {sorted(MRRS_CODES)}, got {self.mrrs!r}")
         if self.rcb not in (64, 128):
             raise ValueError(f"rcb must be 64 or 128, got {self.rcb!r}")
+        get_host_profile(self.host)
+
+    def host_model(self, seed: int = 1) -> HostModel:
+        m = get_host_profile(self.host).replace(seed=seed)
+        if self.split_on_all_rcb is not None:
+            m = m.replace(split_on_all_rcb=self.split_on_all_rcb)
+        return m
 
     @classmethod
     def from_env(cls) -> "LinkConfig":
         """Parameters passed by the pytest runner through the simulator's environment."""
         env = os.environ
+        split = env.get("NIC_SPLIT_RCB")
         return cls(
             mps=int(env.get("NIC_MPS", 256)), mrrs=int(env.get("NIC_MRRS", 512)), rcb=int(env.get("NIC_RCB", 64)),
-            split_on_all_rcb=env.get("NIC_SPLIT_RCB", "0") == "1",
+            split_on_all_rcb=None if split is None else split == "1",
             tx_backpressure=env.get("NIC_TX_BACKPRESSURE", "0") == "1",
-            payload_keep=int(env.get("NIC_PAYLOAD_KEEP", 4096)),
+            packet_payload_keep=int(env.get("NIC_PAYLOAD_KEEP", 64)),
+            host=env.get("NIC_HOST", "realistic"),
         )
+
+
+def regmap_fingerprint() -> str:
+    """A short hash of rtl/nic_regs.vh: traces name the register map they were captured against."""
+    return hashlib.sha256(REGS_VH.read_bytes()).hexdigest()[:16]
 
 
 class FaultInjector:
@@ -114,24 +141,28 @@ class FaultInjector:
 
 
 class TB:
-    def __init__(self, dut, link: LinkConfig | None = None, trace_path: str | None = None, scenario: str = ""):
+    def __init__(self, dut, link: LinkConfig | None = None, trace_path: str | None = None, scenario: str = "",
+                 seed: int | None = None):
         self.dut = dut
         self.link = link or LinkConfig.from_env()
+        self.seed = int(os.environ.get("NIC_SEED", 1)) if seed is None else seed
+        self.host = self.link.host_model(self.seed)
+        self.timing = HostTiming(self.host)
         self.log = logging.getLogger("cocotb.tb")
         self.log.setLevel(logging.INFO)
         self.regs = Regs()
         self.data_width = len(dut.m_axis_rq_tdata)
+        self.scenario = scenario
 
         self.rc = RootComplex()
         self.rc.max_payload_size = MPS_CODES[self.link.mps]
         self.rc.max_payload_size_supported = MPS_CODES[self.link.mps]
         self.rc.read_completion_boundary = self.link.rcb == 128
-        self.rc.split_on_all_rcb = self.link.split_on_all_rcb
 
         gen, lanes = (3, 2) if self.data_width == 64 else (3, 4) if self.data_width == 128 else (3, 8)
         self.dev = UltraScalePlusPcieDevice(
-            pcie_generation=gen, pcie_link_width=lanes, user_clk_frequency=250e6, alignment="dword",
-            max_payload_size=512, enable_client_tag=True, enable_extended_tag=False,
+            pcie_generation=gen, pcie_link_width=lanes, user_clk_frequency=1e9 / USER_CLK_NS, alignment="dword",
+            max_payload_size=512, enable_client_tag=True, enable_extended_tag=self.host.ext_tags,
             pf0_msix_enable=True, pf0_msix_table_size=self.regs.MSIX_VECTORS - 1, pf0_msix_table_bir=0,
             pf0_msix_table_offset=self.regs.REG_MSIX_TABLE, pf0_msix_pba_bir=0,
             pf0_msix_pba_offset=self.regs.REG_MSIX_PBA,
@@ -152,13 +183,23 @@ class TB:
         )
         self.dev.log.setLevel(logging.WARNING)
         self.rc.log.setLevel(logging.ERROR)
-        self.dev.functions[0].vendor_id = 0x1234
-        self.dev.functions[0].device_id = 0x4E31
-        self.dev.functions[0].configure_bar(0, BAR0_SIZE)
-        self.dev.functions[0].configure_bar(2, 32, io=True)  # legacy IO BAR: the NIC answers IO with UR
-        self.rc.make_port().connect(self.dev)
+        f0 = self.dev.functions[0]
+        f0.vendor_id = 0x1234
+        f0.device_id = 0x4E31
+        f0.configure_bar(0, BAR0_SIZE, ext=self.host.bar64, prefetch=self.host.bar64)
+        f0.configure_bar(2, 32, io=True)  # legacy IO BAR: the NIC answers IO with UR
+        notes = []
+        if self.host.fix_cfg_write_byte_count and fix_config_write_completions(self.dev):
+            notes.append("config-write completions answered with byte count 4 by the testbench "
+                         "(cocotbext-pcie 0.2.16 sends 0; PCIe Base Spec 2.2.9 requires 4)")
+        rc_port = self.rc.make_port()
+        set_port_delays(self.host, rc_port, self.dev.upstream_port)
+        rc_port.connect(self.dev)
         self.dev_port = self.dev.upstream_port
         self.rc_port = self.dev_port.other
+        self.faults = FaultInjector(self.rc)           # inside the memory latency: drops/poison after the wait
+        install_memory_latency(self.rc, self.timing)
+        self.provenance = HostProvenance(self.host, notes)
 
         self.mac_rx = AxiStreamSource(AxiStreamBus.from_prefix(dut, "s_axis_rx"), dut.user_clk, dut.user_reset)
         self.mac_tx = AxiStreamSink(AxiStreamBus.from_prefix(dut, "m_axis_tx"), dut.user_clk, dut.user_reset)
@@ -167,15 +208,21 @@ class TB:
         if self.link.tx_backpressure:
             self.mac_tx.set_pause_generator(self._pause_pattern())
 
-        header = TraceHeader(mps=self.link.mps, mrrs=self.link.mrrs, rcb=self.link.rcb, tag_width=5,
-                             link_speed=gen, link_width=lanes, data_width=self.data_width, scenario=scenario,
+        header = TraceHeader(mps=self.link.mps, mrrs=self.link.mrrs, rcb=self.link.rcb, link_speed=gen,
+                             link_width=lanes, data_width=self.data_width, scenario=scenario,
                              simulator=os.environ.get("NIC_SIM", cocotb.SIM_NAME.lower() if cocotb.SIM_NAME else ""),
-                             payload_bytes_kept=self.link.payload_keep)
-        self.tracer = Tracer(self.rc_port, self.dev_port, header, trace_path, self.link.payload_keep)
-        self.faults = FaultInjector(self.rc)
+                             payload_bytes_kept=max(self.link.packet_payload_keep, 0))
+        self.tap = Tap(self.rc_port, self.dev_port, trace_path, header=header,
+                       packet_payload_keep=self.link.packet_payload_keep,
+                       link_source=lambda: link_params(self.rc, self.dev))
+        self.tracer = self.tap  # the name older tests use
         self.access: SimPcieAccess | None = None
         self.driver: NicDriver | None = None
         self.fn = None
+
+    def live_checker(self, **kw) -> LiveCheck:
+        """The rule checker on every TLP of this test (built when the header is committed in init())."""
+        return self.tap.add_checker(**kw)
 
     @staticmethod
     def _pause_pattern():
@@ -189,7 +236,8 @@ class TB:
         await Timer(100, "ns")
 
     async def init(self, driver_config: DriverConfig | None = None, start_driver: bool = True) -> None:
-        """Enumerate, assign BARs, program MPS/MRRS/RCB, enable bus mastering and MSI-X, start the driver."""
+        """Enumerate, assign BARs, program MPS/MRRS/RCB and Device Control, enable bus mastering and MSI-X, start
+        the driver, then commit the trace header (link parameters, memory map, completion timeout, host model)."""
         await self.reset()
         await self.rc.enumerate()
         self.fn = self.rc.find_device(self.dev.functions[0].pcie_id)
@@ -200,17 +248,42 @@ class TB:
         rcb_bit = 1 << 3
         lnkctl = (lnkctl | rcb_bit) if self.link.rcb == 128 else (lnkctl & ~rcb_bit)
         await self.fn.capability_write_word(PciCapId.EXP, 0x10, lnkctl)
-        self.access = SimPcieAccess(self.rc, self.fn)
-        self.tracer.classifier = Classifier(
-            self.access.bar_addr, BAR0_SIZE, {self.regs.REG_TXQ_PROD, self.regs.REG_RXQ_PROD},
-            self.access.find, (0, 0))
+        devctl = await self.fn.capability_read_word(PciCapId.EXP, 0x08)
+        for bit, on in ((DEVCTL_RO, self.host.relaxed_ordering), (DEVCTL_EXT_TAG, self.host.ext_tags),
+                        (DEVCTL_NS, self.host.no_snoop)):
+            devctl = (devctl | bit) if on else (devctl & ~bit)
+        await self.fn.capability_write_word(PciCapId.EXP, 0x08, devctl)
+        self.access = SimPcieAccess(self.rc, self.fn, timing=self.timing)
         await self.fn.alloc_irq_vectors(1, self.regs.MSIX_VECTORS)
         self.fn.request_irq(0, self.access.irq_handler)
-        msi_lo = self.fn.msi_vectors[0].addr
-        self.tracer.classifier.msi_range = (msi_lo, msi_lo + 16)
         self.driver = NicDriver(self.access, self.regs, driver_config or DriverConfig())
         if start_driver:
             await self.driver.init()
+        await self.commit_trace()
+
+    def memory_map(self) -> list[Region]:
+        """Host memory and device windows the trace header records (what the NIC may touch, and its doorbells)."""
+        regions = [Region(b.addr, b.size, _KIND_REGION[b.kind]) for b in self.access.buffers()
+                   if b.kind in _KIND_REGION]
+        bar = self.access.bar_addr
+        regions.append(Region(bar, BAR0_SIZE, RegionKind.BAR))
+        regions.append(Region(bar + self.regs.REG_TXQ_PROD, 4, RegionKind.TX_DOORBELL))
+        regions.append(Region(bar + self.regs.REG_RXQ_PROD, 4, RegionKind.RX_DOORBELL))
+        regions.append(Region(bar + self.regs.REG_TXQ_CTRL, 4, RegionKind.TX_QCTRL))
+        regions.append(Region(bar + self.regs.REG_RXQ_CTRL, 4, RegionKind.RX_QCTRL))
+        if self.fn.msi_vectors:
+            regions.append(Region(self.fn.msi_vectors[0].addr, 4, RegionKind.MSIX))
+        return regions
+
+    async def commit_trace(self) -> None:
+        if self.tap.committed:
+            return
+        self.tap.set_memory_map(self.memory_map())
+        cycles = await self.read_reg("REG_CPL_TIMEOUT")
+        self.tap.commit(cpl_timeout_ns=cycles * USER_CLK_NS, host=self.provenance.to_json(),
+                        device={"vendor_id": 0x1234, "device_id": 0x4E31, "regmap": regmap_fingerprint(),
+                                "version": self.regs.NIC_VERSION_VALUE},
+                        extra={"seed": self.seed})
 
     async def read_reg(self, name: str) -> int:
         return await self.access.mmio_read32(getattr(self.regs, name))
@@ -231,4 +304,4 @@ class TB:
         await Timer(ns, "ns")
 
     def close(self) -> None:
-        self.tracer.close()
+        self.tap.close()

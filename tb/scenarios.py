@@ -20,6 +20,7 @@ class Scenario:
     rcb: int = 64
     irq_coalesce_count: int = 8
     irq_coalesce_timer: int = 500   # cycles
+    host: str = "realistic"         # host profile (tb.host_model.HOST_PROFILES)
     help: str = ""
 
     def __post_init__(self) -> None:
@@ -30,6 +31,9 @@ class Scenario:
         for lo, hi, w in self.sizes:
             if not 1 <= lo <= hi <= 16384 or w <= 0:
                 raise ValueError(f"bad size band ({lo}, {hi}, {w})")
+        from tb.host_model import get_host_profile
+
+        get_host_profile(self.host)
 
     def plan(self, seed: int = 1, frames: int | None = None) -> tuple[list[bytes], list[bytes]]:
         """Deterministic TX and RX frame lists."""
@@ -54,6 +58,13 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("rx_heavy", 2000, 0.1, IMIX, help="90% wire-to-host, IMIX sizes"),
     Scenario("small", 3000, 0.5, ((60, 128, 1.0),), batch=32, help="small frames: descriptor and interrupt heavy"),
     Scenario("jumbo", 300, 0.5, ((8000, 9000, 1.0),), mrrs=4096, mps=512, help="9 KB frames: MRRS/MPS/4 KB splits"),
+    Scenario("loaded", 1500, 0.8, IMIX + ((4000, 9000, 0.5),), batch=32, mrrs=256,
+             help="TX-heavy with small read requests: many reads in flight"),
+    Scenario("rcb_split", 1000, 0.5, IMIX, host="realistic-rcb", rcb=128,
+             help="a root complex that splits every completion on the 128 B RCB"),
+    Scenario("numa", 1000, 0.5, IMIX, host="remote-numa", help="DMA memory on a remote NUMA node (~0.9 us reads)"),
+    Scenario("ideal", 2000, 0.5, IMIX + ((4000, 9000, 0.2),), host="ideal",
+             help="the idealised host of the first testbench (no memory or CPU time, 32-bit, 5-bit tags)"),
 )}
 DEFAULT_SCENARIO = "mixed"
 

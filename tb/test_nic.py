@@ -7,7 +7,6 @@ import cocotb
 from cocotb.triggers import Combine, Timer
 
 from host.driver import DriverConfig, NicError
-from phantom.rules import Checker
 from phantom.trace import Direction, SemClass, TlpType
 from tb.nic_tb import TB
 
@@ -18,16 +17,20 @@ def frame(n: int, salt: int = 0) -> bytes:
     return bytes((salt * 31 + i * 7 + (i >> 8)) & 0xFF for i in range(n))
 
 
-def live_checker(tb: TB) -> Checker:
-    """Run the rule checker on every TLP as it is captured."""
-    chk = Checker(tb.tracer.header)
-    tb.tracer.listeners.append(chk.feed)
-    return chk
+def live_checker(tb: TB, **kw):
+    """Run the rule checker on every TLP as it is captured (from enumeration on)."""
+    return tb.live_checker(**kw)
 
 
-def assert_clean(chk: Checker) -> None:
+def assert_clean(chk, expect: dict[str, int] | None = None) -> None:
+    """No rule violated, or exactly the ``expect`` counts (an error path's true positives), nothing else."""
     rep = chk.report()
-    assert rep.ok, "PCIe rule violations:\n" + rep.format()
+    got = {r: n for r, n in rep.counts.items() if n}
+    if expect is None:
+        assert rep.ok and not any(n for r, n in got.items() if r not in ("cpl_error", "tlp_poisoned")), \
+            "PCIe rule violations:\n" + rep.format()
+    else:
+        assert got == expect, f"expected exactly {expect}, got {got}:\n" + rep.format()
 
 
 @cocotb.test()

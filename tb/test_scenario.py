@@ -16,7 +16,8 @@ async def run_scenario(dut):
     sc = get_scenario(os.environ.get("NIC_SCENARIO", "mixed"))
     frames = int(os.environ["NIC_FRAMES"]) if os.environ.get("NIC_FRAMES") else None
     link = LinkConfig(mps=int(os.environ.get("NIC_MPS", sc.mps)), mrrs=int(os.environ.get("NIC_MRRS", sc.mrrs)),
-                      rcb=int(os.environ.get("NIC_RCB", sc.rcb)))
+                      rcb=int(os.environ.get("NIC_RCB", sc.rcb)), host=os.environ.get("NIC_HOST", sc.host),
+                      packet_payload_keep=int(os.environ.get("NIC_PAYLOAD_KEEP", 64)))
     tb = TB(dut, link, trace_path=os.environ.get("NIC_TRACE") or None, scenario=sc.name)
     await tb.init(DriverConfig(irq_coalesce_count=sc.irq_coalesce_count, irq_coalesce_timer=sc.irq_coalesce_timer))
     tx, rx = sc.plan(int(os.environ.get("NIC_SEED", 1)), frames)
