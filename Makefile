@@ -13,10 +13,10 @@ RTL_SOURCES := $(addprefix rtl/,nic.v nic_cfg.v nic_mmio.v nic_dma_rd.v nic_dma_
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-serving lint clean help
+.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-realism bench-serving lint clean help
 
 help:
-	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo] [SIM=verilator|icarus] [WIDTH=64|128|256] [WAVES=1]"
+	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo|loaded|rcb_split|numa|ideal] [SIM=verilator|icarus] [WIDTH=64|128|256] [HOST=...] [WAVES=1]"
 	@echo "make test          every test (unit + simulation), what CI runs"
 	@echo "make bench-sim     Verilator vs Icarus on one scenario;  make bench-rules   checker throughput"
 	@echo "make bench-serving Equinox vs VTC vs FCFS (LMSYS, ShareGPT), decision cost, A10G calibration"
@@ -37,7 +37,7 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 sim: $(STAMP)
-	$(PY) sim_scripts/sim.py --scenario $(SCENARIO) --sim $(SIM) --width $(WIDTH) $(if $(WAVES),--waves,) $(if $(FRAMES),--frames $(FRAMES),)
+	$(PY) sim_scripts/sim.py --scenario $(SCENARIO) --sim $(SIM) --width $(WIDTH) $(if $(WAVES),--waves,) $(if $(FRAMES),--frames $(FRAMES),) $(if $(HOST),--host $(HOST),)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q --durations=15 tests
@@ -46,13 +46,16 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q -m "not sim" tests
 
 regress: $(STAMP)
-	@for s in mixed tx_heavy rx_heavy small jumbo; do $(MAKE) --no-print-directory sim SCENARIO=$$s || exit 1; done
+	@for s in mixed tx_heavy rx_heavy small jumbo loaded rcb_split numa ideal; do $(MAKE) --no-print-directory sim SCENARIO=$$s || exit 1; done
 
 bench-sim: $(STAMP)
 	$(PY) sim_scripts/bench_sim.py --scenario $(SCENARIO) $(if $(FRAMES),--frames $(FRAMES),)
 
 bench-rules: $(STAMP)
-	$(PY) sim_scripts/bench_rules.py
+	$(PY) sim_scripts/bench_rules.py --jsonl
+
+bench-realism: $(STAMP)
+	$(PY) sim_scripts/bench_realism.py
 
 bench-serving: $(STAMP)
 	$(PY) sim_scripts/bench_serving.py

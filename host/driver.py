@@ -36,7 +36,8 @@ class DriverConfig:
     buf_offset: int = 0            # bytes from the start of each packet buffer's page to the buffer (DWORD multiple)
     relaxed_ordering: bool = True  # ask for Relaxed Ordering on packet data (effective if Device Control allows)
     no_snoop: bool = False         # ask for No Snoop on packet data (effective if Device Control allows)
-    start_polls: int = 64          # status reads a queue (re)start may take while the device drains old DMA
+    start_wait_ns: int | None = None  # how long a queue (re)start may wait for the device to drain old DMA
+                                       # (None: twice the completion timeout, plus 20 us)
 
     def __post_init__(self) -> None:
         for name in ("tx_ring_size", "rx_ring_size"):
@@ -53,8 +54,8 @@ class DriverConfig:
             h, d = self.cpl_credits
             if not (1 <= h <= 256 and 1 <= d <= 4095):
                 raise ValueError(f"cpl_credits must be (1..256 CplH, 1..4095 CplD), got {self.cpl_credits!r}")
-        if self.start_polls < 1:
-            raise ValueError(f"start_polls must be >= 1, got {self.start_polls!r}")
+        if self.start_wait_ns is not None and self.start_wait_ns <= 0:
+            raise ValueError(f"start_wait_ns must be positive, got {self.start_wait_ns!r}")
 
 
 @dataclass
@@ -88,6 +89,7 @@ class NicDriver:
         self.rx_status: list[int] = []
         self.rx_pending_think = 0     # received frames whose per-frame CPU work is still to be spent
         self.tx_done = 0
+        self.cpl_timeout_cycles = 250_000  # read from the device at init
 
     # setup ------------------------------------------------------------------------------------
     async def init(self) -> None:
@@ -98,6 +100,7 @@ class NicDriver:
         c = self.config
         if c.cpl_timeout is not None:
             await self.pci.mmio_write32(r.REG_CPL_TIMEOUT, c.cpl_timeout)
+        self.cpl_timeout_cycles = await self.pci.mmio_read32(r.REG_CPL_TIMEOUT)
         if c.tag_hold is not None:
             await self.pci.mmio_write32(r.REG_TAG_HOLD, c.tag_hold)
         if c.cpl_credits is not None:
@@ -140,13 +143,19 @@ class NicDriver:
         await self.pci.mmio_write32(getattr(r, f"REG_{q}_CPL_BASE_HI"), ring.cpl.addr >> 32)
         await self.pci.mmio_write32(getattr(r, f"REG_{q}_SIZE"), ring.size)
         await self.pci.mmio_write32(getattr(r, f"REG_{q}_CTRL"), 1 << r.QCTRL_ENABLE_BIT)
-        # the device may still be draining DMA of the queue's previous life: poll, but never wait forever
-        for _ in range(self.config.start_polls):
+        # the device may still be draining DMA of the queue's previous life (its reads end at the latest with
+        # their completion timeout): poll, but never wait forever
+        wait_ns = self.config.start_wait_ns or 2 * self.cpl_timeout_cycles * 4 + 20_000
+        waited = 0
+        while True:
             status = await self.pci.mmio_read32(getattr(r, f"REG_{q}_STATUS"))
             if status & (1 << r.QSTAT_ACTIVE_BIT):
                 return
-            if status & ~((1 << r.QSTAT_DRAIN_BIT) | (1 << r.QSTAT_ACTIVE_BIT)):
+            # while it drains, other bits may still change (a release pass may clear QUAR): decide after
+            if not status & (1 << r.QSTAT_DRAIN_BIT) or waited >= wait_ns:
                 break
+            await self.pci.wait_irq(1000)   # a microsecond between polls (an interrupt ends it early)
+            waited += 1000
         raise NicError(f"{q} did not start: {self.describe_status(status)}")
 
     def describe_status(self, status: int) -> str:

@@ -129,7 +129,7 @@ wire [3*3-1:0]       rd_job_attr;
 wire                 rd_done_valid;
 wire [1:0]           rd_done_port, rd_done_status;
 wire [7:0]           rd_done_id;
-wire [1:0]           quar_release, quar_full;
+wire [1:0]           quar_release, quar_full, release_busy;
 wire [8:0]           tags_in_flight, tags_quarantined, tag_limit;
 wire [KW-1:0]        ram_wr_en;
 wire [KW*RD_RAM_AW-1:0] ram_wr_addr;
@@ -266,6 +266,7 @@ nic_dma_rd #(
     .tags_quarantined(tags_quarantined),
     .tag_limit(tag_limit),
     .quar_full(quar_full),
+    .release_busy(release_busy),
     .cplh_used(cplh_used),
     .cpld_used(cpld_used),
     .stat_mem_rd(stat_mem_rd),
@@ -400,6 +401,7 @@ nic_core #(
     .tags_quarantined(tags_quarantined),
     .tag_limit(tag_limit),
     .quar_full(quar_full),
+    .release_busy(release_busy),
     .cplh_used(cplh_used),
     .cpld_used(cpld_used),
     .ram_wr_en(ram_wr_en),

@@ -63,6 +63,7 @@ module nic_core #
     input  wire [8:0]                    tags_quarantined,
     input  wire [8:0]                    tag_limit,
     input  wire [1:0]                    quar_full,
+    input  wire [1:0]                    release_busy,
     input  wire [8:0]                    cplh_used,
     input  wire [11:0]                   cpld_used,
 
@@ -291,8 +292,9 @@ endfunction
 /* queue state seen by the engines and the status registers */
 wire        tx_drain, rx_drain;
 wire        q_drain [0:1];
-assign q_drain[0] = tx_drain;
-assign q_drain[1] = rx_drain;
+// draining: the engine's DMA of a stopped/disabled queue is still out, or a quarantine release pass runs
+assign q_drain[0] = tx_drain || release_busy[0];
+assign q_drain[1] = rx_drain || release_busy[1];
 wire        q_size_err [0:1];
 wire        q_err      [0:1];
 wire        q_run      [0:1];
@@ -380,7 +382,7 @@ always @* begin
         REG_TXQ_CPL_BASE_HI: reg_rd_data = q_cpl_base_reg[0][63:32];
         REG_TXQ_CTRL:        reg_rd_data = {31'd0, q_enable_reg[0]};
         REG_TXQ_STATUS:      reg_rd_data = q_status(q_active[0], q_size_err[0], q_dma_err_reg[0], q_timeout_reg[0],
-                                                    q_desc_err_reg[0], q_quar[0], tx_drain);
+                                                    q_desc_err_reg[0], q_quar[0], q_drain[0]);
         REG_RXQ_BASE_LO:     reg_rd_data = q_base_reg[1][31:0];
         REG_RXQ_BASE_HI:     reg_rd_data = q_base_reg[1][63:32];
         REG_RXQ_SIZE:        reg_rd_data = q_size_reg[1];
@@ -390,7 +392,7 @@ always @* begin
         REG_RXQ_CPL_BASE_HI: reg_rd_data = q_cpl_base_reg[1][63:32];
         REG_RXQ_CTRL:        reg_rd_data = {31'd0, q_enable_reg[1]};
         REG_RXQ_STATUS:      reg_rd_data = q_status(q_active[1], q_size_err[1], q_dma_err_reg[1], q_timeout_reg[1],
-                                                    q_desc_err_reg[1], q_quar[1], rx_drain);
+                                                    q_desc_err_reg[1], q_quar[1], q_drain[1]);
         REG_MSIX_TABLE:      reg_rd_data = msix_addr_lo_reg;
         REG_MSIX_TABLE + 4:  reg_rd_data = msix_addr_hi_reg;
         REG_MSIX_TABLE + 8:  reg_rd_data = msix_data_reg;
@@ -591,13 +593,17 @@ assign wr_job_imm_en[1] = 1'b1;
 assign wr_job_src[WR_RAM_AW +: WR_RAM_AW] = {WR_RAM_AW{1'b0}};
 assign wr_job_attr[5:3] = 3'd0;                      // records: no RO (they must not pass the data they report)
 
-/* ---- interrupts: coalesce enabled events, then one MSI-X write (vector 0) ---- */
+/* ---- interrupts: coalesce enabled events, then one MSI-X write (vector 0) ----
+   Every message announces something new: the records and errors that reached the link since the previous one. */
+// a queue's quarantined tags reaching the limit stops it (live, in q_quar): an error event when it happens
+reg  [1:0] quar_full_reg;
+wire [1:0] quar_rise = quar_full & ~quar_full_reg;
 reg [2:0] ev;  // interrupt causes this cycle
 always @* begin
     ev = 3'd0;
     ev[IRQ_TX_BIT] = tx_cons_adv;
     ev[IRQ_RX_BIT] = rx_cons_adv;
-    ev[IRQ_ERR_BIT] = tx_err_valid || rx_err_valid;
+    ev[IRQ_ERR_BIT] = tx_err_valid || rx_err_valid || quar_rise != 2'b00;
 end
 reg [1:0]  irq_state_reg, irq_state_next;
 reg [31:0] irq_pending_reg, irq_pending_next;   // coalesced events not yet signalled
@@ -644,12 +650,10 @@ always @* begin
         end
         default: irq_state_next = IRQ_IDLE;
     endcase
-    if (irq_ev) begin
-        if (irq_state_reg == IRQ_IDLE && (irq_due || msix_pending_reg)) begin
-            irq_pending_next = 32'd1;
-        end else begin
-            irq_pending_next = irq_pending_reg + 32'd1;
-        end
+    // an event counts towards the next interrupt only if its record (or error) reaches the link after the
+    // message being sent: events up to the message's own write completing are announced by that message
+    if (irq_ev && irq_state_reg == IRQ_IDLE && !(irq_due || msix_pending_reg)) begin
+        irq_pending_next = irq_pending_reg + 32'd1;
     end
 end
 
@@ -706,7 +710,8 @@ always @* begin
     stat_inc[ST_IRQS] = irq_state_reg == IRQ_WAIT && wr_done[2];
     stat_inc[ST_DMA_ERRORS] = tx_err_valid || rx_err_valid;
     stat_add[ST_DMA_ERRORS] = {31'd0, tx_err_valid && rx_err_valid};
-    stat_inc[ST_TAG_EXHAUSTED] = (tx_err_valid && tx_err_code == QERR_QUAR) || (rx_err_valid && rx_err_code == QERR_QUAR);
+    stat_inc[ST_TAG_EXHAUSTED] = (tx_err_valid && tx_err_code == QERR_QUAR) || (rx_err_valid && rx_err_code == QERR_QUAR)
+                                 || quar_rise != 2'b00;
     stat_inc[ST_QUAR_RELEASED] = stat_quar_release;
     stat_inc[ST_CREDIT_STALLS] = stat_credit_stall;
     stat_inc[ST_TAG_STALLS] = stat_tag_stall;
@@ -733,7 +738,10 @@ assign q_cons_adv[0] = tx_cons_adv;
 assign q_cons_adv[1] = rx_cons_adv;
 
 integer q;
+initial quar_full_reg = 2'b00;
+
 always @(posedge clk) begin
+    quar_full_reg <= quar_full;
     irq_state_reg <= irq_state_next;
     irq_pending_reg <= irq_pending_next;
     irq_timer_reg <= irq_timer_next;
@@ -808,6 +816,7 @@ always @(posedge clk) begin
     end
 
     if (rst) begin
+        quar_full_reg <= 2'b00;
         irq_state_reg <= IRQ_IDLE;
         irq_pending_reg <= 32'd0;
         irq_timer_reg <= 32'd0;

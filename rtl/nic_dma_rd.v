@@ -80,6 +80,7 @@ module nic_dma_rd #
     output reg  [8:0]                    tags_quarantined,
     output wire [8:0]                    tag_limit,
     output wire [1:0]                    quar_full,
+    output wire [1:0]                    release_busy,   // a queue's quarantine release pass is running
     output reg  [8:0]                    cplh_used,
     output reg  [11:0]                   cpld_used,
 
@@ -217,6 +218,12 @@ reg [TW-1:0]     scan_reg;
 
 /* RC receiver */
 reg [8:0]        rc_beat_reg;
+// a job finished by a completion whose data beats are still arriving: its done waits for the last beat, so the
+// client never reads destination RAM the completion has not written yet
+reg              rcd_pend_reg;
+reg [1:0]        rcd_port_reg;
+reg [7:0]        rcd_id_reg;
+reg [1:0]        rcd_status_reg;
 reg [95:0]       rc_hdr_reg;
 reg              rc_ok_reg;
 reg [RAM_AW-1:0] rc_dst_reg;
@@ -269,6 +276,10 @@ initial begin
     rel_left_reg[1] = 9'd0;
     scan_reg = {TW{1'b0}};
     rc_beat_reg = 9'd0;
+    rcd_pend_reg = 1'b0;
+    rcd_port_reg = 2'd0;
+    rcd_id_reg = 8'd0;
+    rcd_status_reg = DONE_OK;
     rc_hdr_reg = 96'd0;
     rc_ok_reg = 1'b0;
     rc_dst_reg = {RAM_AW{1'b0}};
@@ -295,6 +306,8 @@ end
 wire [8:0] quar_limit = {1'b0, tag_limit[8:1]};
 assign quar_full[0] = quar_cnt_reg[0] >= quar_limit;
 assign quar_full[1] = quar_cnt_reg[1] >= quar_limit;
+assign release_busy[0] = rel_left_reg[0] != 9'd0;
+assign release_busy[1] = rel_left_reg[1] != 9'd0;
 
 /* ---- next read TLP of the job being split ---- */
 wire [12:0] rd_len      = min3(sj_rem_reg, mrrs_bytes, 13'h1000 - {1'b0, sj_addr_reg[11:0]});
@@ -374,7 +387,8 @@ end
 /* ---- completion timeout / quarantine release scan: one tag per cycle, paused while a completion is taken ---- */
 wire        scan_q       = tag_queue[scan_reg];
 wire [31:0] scan_age     = now_reg - tag_ts[scan_reg];
-wire        scan_run     = !rc_hdr_beat && !init_busy_reg && !sj_abort;
+wire        rc_last_beat = s_axis_rc_tvalid && s_axis_rc_tlast;
+wire        scan_run     = !rc_hdr_beat && !init_busy_reg && !sj_abort && !rcd_pend_reg;
 wire        scan_timeout = scan_run && tag_valid[scan_reg] && scan_age >= cpl_timeout;
 wire        scan_release = scan_run && !scan_timeout && tag_quar[scan_reg] && rel_left_reg[scan_q] != 9'd0
                            && scan_age >= tag_hold;
@@ -425,7 +439,10 @@ end
 
 // a job whose queue hit the quarantine limit stops issuing; taken in a cycle without a completion beat (the
 // scan pauses meanwhile), so it never finishes a job in the same cycle as a completion or a timeout
-wire          sj_abort_now = sj_abort && !rc_hdr_beat;
+wire          sj_abort_now = sj_abort && !rc_hdr_beat && !rcd_pend_reg;
+
+wire          cred_rel = (free_en && !quar_clr) || quar_set;
+wire [TW-1:0] cred_tag = quar_set ? scan_reg : free_tag;
 
 // job table updates: the job being split (s) and the job losing a TLP (d) may be the same
 wire [JW-1:0] s_job = sj_slot_reg;
@@ -435,7 +452,7 @@ wire          d_issuing = same_job ? !(launch && rd_last) : job_issuing[dec_job]
 wire [1:0]    d_status = (dec_status > job_status[dec_job]) ? dec_status : job_status[dec_job];
 wire          d_finish = dec_en && d_outst == 9'd0 && !d_issuing;
 wire          a_finish = sj_abort_now && job_outst[s_job] == 9'd0;
-wire          z_finish = zdone_reg && !d_finish && !a_finish;
+wire          z_finish = zdone_reg && !d_finish && !a_finish && !rcd_pend_reg;
 
 // accept a new job (round robin over the three ports)
 reg [1:0] pick;
@@ -568,13 +585,27 @@ always @(posedge clk) begin
         job_issuing[dec_job] <= d_issuing;
         job_status[dec_job] <= d_status;
         if (d_finish) begin
-            m_done_valid <= 1'b1;
-            m_done_port <= job_port[dec_job];
-            m_done_id <= job_id[dec_job];
-            m_done_status <= d_status;
+            if (rc_hdr_beat && !rc_last_beat) begin
+                rcd_pend_reg <= 1'b1;        // announced at the completion's last beat
+                rcd_port_reg <= job_port[dec_job];
+                rcd_id_reg <= job_id[dec_job];
+                rcd_status_reg <= d_status;
+            end else begin
+                m_done_valid <= 1'b1;
+                m_done_port <= job_port[dec_job];
+                m_done_id <= job_id[dec_job];
+                m_done_status <= d_status;
+            end
             job_fifo[jf_wr_reg[JW-1:0]] <= dec_job;
             jf_wr_reg <= jf_wr_reg + 1'b1;
         end
+    end
+    if (rcd_pend_reg && rc_last_beat) begin
+        rcd_pend_reg <= 1'b0;
+        m_done_valid <= 1'b1;
+        m_done_port <= rcd_port_reg;
+        m_done_id <= rcd_id_reg;
+        m_done_status <= rcd_status_reg;
     end
 
     /* tags leave the table */
@@ -606,8 +637,10 @@ always @(posedge clk) begin
             rel_left_reg[q] <= rel_left_reg[q] - 9'd1;
         end
     end
-    cplh_used <= cplh_used + (launch ? {2'd0, rd_cplh} : 9'd0) - (free_en ? {2'd0, tag_cplh[free_tag]} : 9'd0);
-    cpld_used <= cpld_used + (launch ? {3'd0, rd_cpld} : 12'd0) - (free_en ? {3'd0, tag_cpld[free_tag]} : 12'd0);
+    // a read returns its completion-buffer reservation when it is answered in full or times out (a quarantined
+    // tag holding its reservation would starve the buffer; its late completion, if any, is unexpected anyway)
+    cplh_used <= cplh_used + (launch ? {2'd0, rd_cplh} : 9'd0) - (cred_rel ? {2'd0, tag_cplh[cred_tag]} : 9'd0);
+    cpld_used <= cpld_used + (launch ? {3'd0, rd_cpld} : 12'd0) - (cred_rel ? {3'd0, tag_cpld[cred_tag]} : 12'd0);
 
     /* timeout scan */
     if (scan_run) begin
@@ -640,6 +673,7 @@ always @(posedge clk) begin
         rr_reg <= 2'd0;
         scan_reg <= {TW{1'b0}};
         rc_beat_reg <= 9'd0;
+        rcd_pend_reg <= 1'b0;
         m_done_valid <= 1'b0;
         tags_in_flight <= 9'd0;
         tags_quarantined <= 9'd0;

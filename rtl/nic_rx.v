@@ -267,7 +267,8 @@ always @(posedge clk) begin
         df_count_reg <= df_n[4:0];
         df_busy_reg <= 1'b1;
     end
-    if (rd_valid && rd_ready) rd_valid <= 1'b0;
+    if ((rd_valid && rd_ready) || stopped_reg || restart_reg) rd_valid <= 1'b0;  // withdrawn when stopping
+    if (rd_valid && !rd_ready && (stopped_reg || restart_reg)) df_busy_reg <= 1'b0;
     if (rd_done) begin
         df_busy_reg <= 1'b0;
         if (rd_done_status != 2'd0) begin

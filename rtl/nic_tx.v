@@ -234,7 +234,8 @@ always @(posedge clk) begin
         df_count_reg <= df_n[4:0];
         df_busy_reg <= 1'b1;
     end
-    if (rd_a_valid && rd_a_ready) rd_a_valid <= 1'b0;
+    if ((rd_a_valid && rd_a_ready) || stopped_reg || restart_reg) rd_a_valid <= 1'b0;  // withdrawn when stopping
+    if (rd_a_valid && !rd_a_ready && (stopped_reg || restart_reg)) df_busy_reg <= 1'b0;
     if (rd_done_a) begin
         df_busy_reg <= 1'b0;
         if (rd_done_status != 2'd0) begin
@@ -270,7 +271,7 @@ always @(posedge clk) begin
             buf_wr_reg <= d_start + d_need[BW-1:0];
         end
     end
-    if (rd_b_valid && rd_b_ready) rd_b_valid <= 1'b0;
+    if ((rd_b_valid && rd_b_ready) || stopped_reg || restart_reg) rd_b_valid <= 1'b0;
     if (rd_done_b) begin
         if (rd_done_status != 2'd0) begin
             if (!stopped_reg) begin

@@ -1,7 +1,14 @@
-"""`make bench-rules`: rule-checker throughput on a 1,000,000-TLP trace (npz and JSON lines) and peak memory."""
+"""`make bench-rules`: rule-checker throughput and peak memory on 250,000- and 1,000,000-TLP NIC traces.
+
+The traces are a real capture (the default `mixed` scenario through Verilator, realistic host) tiled end to end
+with shifted times, so every rule runs on realistic NIC traffic, the NIC causality chains included (each copy
+begins with the driver's queue resets). Each check runs in a fresh process; both checkers are measured, with
+and without the NIC rules.
+"""
 
 from __future__ import annotations
 
+import argparse
 import platform
 import subprocess
 import sys
@@ -10,66 +17,80 @@ import time
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phantom.rules import check_file  # noqa: E402
 from phantom.stats import summarize  # noqa: E402
-from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceHeader, write_trace  # noqa: E402
+from phantom.trace import TraceColumns, convert, load_any_columns, save_columns  # noqa: E402
 
 
-def synth(n: int):
-    """A legal trace: 4-DW device reads of 512 B answered by 2 completions, interleaved with 256 B writes."""
-    t, i, tag = 0, 0, 0
-    while i < n:
-        addr = 0x10000 + (i * 512) % (1 << 24)
-        t += 1000
-        yield TlpRecord(seq=i, t_ps=t, dir=Direction.UP, type=TlpType.MRd32, length=128, address=addr,
-                        first_be=0xF, last_be=0xF, tag=tag, requester_id=0x100, cls=SemClass.OTHER)
-        for k in range(2):
-            t += 1000
-            yield TlpRecord(seq=i + 1 + k, t_ps=t, dir=Direction.DOWN, type=TlpType.CplD, length=64, tag=tag,
-                            requester_id=0x100, byte_count=512 - 256 * k, lower_address=(addr + 256 * k) & 0x7F,
-                            payload_len=256, status=CplStatus.SC, cls=SemClass.COMPLETION)
-        t += 1000
-        yield TlpRecord(seq=i + 3, t_ps=t, dir=Direction.UP, type=TlpType.MWr32, length=64, address=addr,
-                        first_be=0xF, last_be=0xF, payload_len=256, cls=SemClass.OTHER)
-        i += 4
-        tag = (tag + 1) % 32
+def tile(tc: TraceColumns, n: int) -> TraceColumns:
+    """Copies of a trace end to end (times shifted, sequence renumbered) up to n records."""
+    reps = -(-n // len(tc))
+    t = tc["t_ps"].astype(np.int64)
+    span = int(t.max() - t.min()) + 1_000_000
+    cols = {}
+    for k, v in tc.cols.items():
+        cols[k] = np.tile(v, reps)[:n]
+    cols["t_ps"] = (np.tile(t - t.min(), reps) + np.repeat(np.arange(reps, dtype=np.int64) * span, len(tc)))[:n]
+    cols["seq"] = np.arange(n, dtype=np.int64)
+    present = np.tile(tc.payload_present, reps)[:n]
+    lens = np.diff(tc.payload_off)
+    all_lens = np.tile(lens, reps)[:n]
+    off = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(all_lens, out=off[1:])
+    data = np.tile(tc.payload_data, reps)[: int(off[-1])]
+    return TraceColumns(tc.header, cols, data, off, present)
 
 
-def _child(path: str) -> tuple[float, int, int]:
-    """Check one file in a fresh process: (seconds, TLPs, peak RSS MiB)."""
+def _child(path: str, nic: bool) -> tuple[float, int, int, bool]:
+    """Check one file in a fresh process: (seconds, TLPs, peak RSS MiB, ok)."""
     code = ("import sys, time, resource; sys.path.insert(0, %r)\n"
             "from phantom.rules import check_file\n"
-            "t = time.perf_counter(); r = check_file(%r); dt = time.perf_counter() - t\n"
-            "assert r.ok, r.format()\n"
-            "print(dt, r.total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)") % (str(ROOT), path)
+            "t = time.perf_counter(); r = check_file(%r, nic_rules=%r); dt = time.perf_counter() - t\n"
+            "print(dt, r.total, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, r.ok)") % (str(ROOT), path, nic)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    return float(out[0]), int(out[1]), int(out[2])
+    return float(out[0]), int(out[1]), int(out[2]), out[3] == "True"
 
 
-def _gen(path: str, size: int) -> None:
-    """Write the synthetic trace in a child process, so the parent (and later children) stay small."""
-    code = ("import sys; sys.path.insert(0, %r); sys.path.insert(0, %r)\n"
-            "from bench_rules import synth\nfrom phantom.trace import TraceHeader, write_trace\n"
-            "write_trace(%r, TraceHeader(mps=256, mrrs=512), synth(%d))") % (str(ROOT), str(ROOT / "sim_scripts"), path, size)
-    subprocess.run([sys.executable, "-c", code], check=True)
+def capture(frames: int, out: Path) -> Path:
+    from tb import runner
+
+    runner.run("run_scenario", sim="verilator", data_width=256, module="test_scenario", test_dir=out.parent / "run",
+               env={"NIC_SCENARIO": "mixed", "NIC_FRAMES": str(frames), "NIC_TRACE": str(out), "NIC_PROGRESS": "0"})
+    return out
 
 
 def main() -> int:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000
-    print(f"rule checker, synthetic legal trace, {date.today()}, {platform.machine()}")
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tlps", type=int, default=1_000_000)
+    ap.add_argument("--frames", type=int, default=600, help="frames of the capture that is tiled")
+    ap.add_argument("--jsonl", action="store_true", help="also time the reference checker on JSON lines (slow)")
+    args = ap.parse_args()
+    print(f"rule checker on a tiled capture of the default scenario, {date.today()}, "
+          f"{platform.machine()} ({platform.processor() or 'cpu'}), {__import__('os').cpu_count()} cores")
     with tempfile.TemporaryDirectory() as d:
-        for size in (n // 4, n):
-            for suffix in (".npz", ".jsonl.gz"):
-                p = Path(d) / f"t{size}{suffix}"
-                _gen(str(p), size)
-                dt, total, rss = _child(str(p))
-                print(f"check {suffix:<9} {total:>8} TLPs in {dt:6.2f} s = {total / dt:>10,.0f} TLPs/s, peak RSS {rss} MiB")
+        src = capture(args.frames, Path(d) / "cap" / "mixed.jsonl.gz")
+        base = load_any_columns(src)
+        print(f"capture: {len(base)} TLPs ({args.frames} frames), tiled to the sizes below")
+        for size in (args.tlps // 4, args.tlps):
+            p = Path(d) / f"t{size}.npz"
+            save_columns(p, tile(base, size))
+            for nic in (True, False):
+                dt, total, rss, ok = _child(str(p), nic)
+                print(f"check .npz      {'NIC rules' if nic else 'no NIC   '} {total:>9,} TLPs in {dt:6.2f} s = "
+                      f"{total / dt:>10,.0f} TLPs/s, peak RSS {rss} MiB, {'clean' if ok else 'VIOLATIONS'}")
+            if args.jsonl:
+                j = Path(d) / f"t{size}.jsonl.gz"
+                convert(p, j)
+                dt, total, rss, ok = _child(str(j), True)
+                print(f"check .jsonl.gz NIC rules {total:>9,} TLPs in {dt:6.2f} s = {total / dt:>10,.0f} TLPs/s, "
+                      f"peak RSS {rss} MiB, {'clean' if ok else 'VIOLATIONS'}")
         t0 = time.perf_counter()
-        summarize(Path(d) / f"t{n}.npz")
-        print(f"stats     .npz      {n:>8} TLPs in {time.perf_counter() - t0:6.2f} s")
+        summarize(Path(d) / f"t{args.tlps}.npz")
+        print(f"stats     .npz  {args.tlps:>9,} TLPs in {time.perf_counter() - t0:6.2f} s")
     return 0
 
 

@@ -20,7 +20,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scenario", default="mixed")
     ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--width", type=int, default=64, choices=runner.DATA_WIDTHS)
+    ap.add_argument("--width", type=int, default=256, choices=runner.DATA_WIDTHS)
     args = ap.parse_args()
     rows = {}
     for sim in runner.SIMULATORS:

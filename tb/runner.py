@@ -103,3 +103,35 @@ def run(testcase: str | None = None, *, sim: str = "verilator", data_width: int 
     if failed:
         raise SimulationFailed(f"{module}.{testcase}: {failed} of {total} failed under {sim} dw{data_width}; see {tdir}")
     return tdir
+
+
+def run_python_models(testcase: str, module: str, *, test_dir: Path, env: dict[str, str] | None = None) -> Path:
+    """Run a cocotb test whose devices are all Python models, on an empty Icarus toplevel (builds in < 1 s)."""
+    from cocotb_tools.runner import get_results, get_runner
+
+    _prepare_env("icarus")
+    bdir = ROOT / "build" / "icarus_empty"
+    bdir.mkdir(parents=True, exist_ok=True)
+    runner = get_runner("icarus")
+    with open(bdir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runner.build(sources=[str(ROOT / "tb" / "hdl" / "empty_top.v")], hdl_toplevel="empty_top", build_dir=str(bdir),
+                     always=False, timescale=("1ns", "1ps"))
+    test_dir = Path(test_dir)
+    test_dir.mkdir(parents=True, exist_ok=True)
+    extra_env = {"COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"),
+                 "PYTHONWARNINGS": "ignore::DeprecationWarning", **(env or {})}
+    for k in extra_env:
+        os.environ.pop(k, None)
+    xml = test_dir / "results.xml"
+    try:
+        runner.test(hdl_toplevel="empty_top", test_module=module, testcase=testcase, extra_env=extra_env,
+                    build_dir=str(bdir), test_dir=str(test_dir), results_xml=str(xml))
+    except SystemExit:
+        pass
+    if not xml.exists():
+        raise SimulationFailed(f"{module}.{testcase}: simulator produced no results in {test_dir}")
+    total, failed = get_results(xml)
+    if total == 0 or failed:
+        raise SimulationFailed(f"{module}.{testcase}: {failed} of {total} failed; see {test_dir}")
+    return test_dir

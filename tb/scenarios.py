@@ -53,7 +53,7 @@ class Scenario:
 IMIX = ((60, 64, 7.0), (570, 590, 4.0), (1500, 1518, 1.0))
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
-    Scenario("mixed", 2000, 0.5, IMIX + ((4000, 9000, 0.2),), help="both directions, IMIX plus some jumbo frames"),
+    Scenario("mixed", 2200, 0.5, IMIX + ((4000, 9000, 0.2),), help="both directions, IMIX plus some jumbo frames"),
     Scenario("tx_heavy", 2000, 0.9, IMIX, help="90% host-to-wire, IMIX sizes"),
     Scenario("rx_heavy", 2000, 0.1, IMIX, help="90% wire-to-host, IMIX sizes"),
     Scenario("small", 3000, 0.5, ((60, 128, 1.0),), batch=32, help="small frames: descriptor and interrupt heavy"),

@@ -1,10 +1,11 @@
 """cocotb tests of the NIC: short stories on top of the TB class. Collected by tests/test_sim.py."""
 
+import itertools
 import os
 import struct
 
 import cocotb
-from cocotb.triggers import Combine, Timer
+from cocotb.triggers import Combine, SimTimeoutError, Timer, with_timeout
 
 from host.driver import DriverConfig, NicError
 from phantom.trace import Direction, SemClass, TlpType
@@ -265,16 +266,16 @@ async def _stop_test(tb: TB, bit: str, counter: str | None = None):
     for _ in range(100):
         await Timer(1, "us")
         st = await tb.read_reg("REG_TXQ_STATUS")
-        if not st & (1 << r.QSTAT_ACTIVE_BIT):
+        if not st & (1 << r.QSTAT_ACTIVE_BIT) and not st & (1 << r.QSTAT_DRAIN_BIT):
             break
     assert st & (1 << getattr(r, bit)), f"TXQ status {st:#x} lacks {bit}"
+    assert not st & (1 << r.QSTAT_ACTIVE_BIT), f"a stopped queue must not look active: {st:#x}"
     assert await tb.read_reg("REG_STAT_DMA_ERRORS") >= 1
     if counter:
         assert await tb.read_reg(counter) >= 1
     assert await tb.read_reg("REG_IRQ_STATUS") & (1 << r.IRQ_ERR_BIT)
     # the queue recovers after a reset by the driver
-    await tb.driver._setup_queue("TXQ", tb.driver.tx)
-    tb.driver.tx.prod = tb.driver.tx.clean = tb.driver.tx.phase = 0
+    await tb.driver.reset_queue("TXQ")
     f = frame(200, 5)
     await tb.driver.xmit(f)
     assert await tb.recv_frame() == f
@@ -292,23 +293,26 @@ async def bad_descriptor_unmapped(dut):
     await tb.write_reg("REG_TXQ_PROD", 1)
     await _stop_test(tb, "QSTAT_DMA_ERR_BIT")
     assert any(x.type.is_completion and x.status == 1 for x in tb.tracer.records), "UR completion in the trace"
-    assert_clean(chk)
+    assert_clean(chk, {"cpl_error": 1})   # the UR, reported as a warning; nothing else
 
 
 @cocotb.test()
 async def bad_descriptor_length(dut):
     tb = TB(dut)
+    chk = live_checker(tb)
     await tb.init()
     d = tb.driver
     d.pci.dma_write(d.tx.desc.addr, struct.pack("<QII", d.tx.bufs[0].addr, 0, 0))
     d.tx.prod = 1
     await tb.write_reg("REG_TXQ_PROD", 1)
     await _stop_test(tb, "QSTAT_DESC_ERR_BIT")
+    assert_clean(chk, {})   # a malformed descriptor is the host's fault: the NIC's error interrupt is legal
 
 
 @cocotb.test()
 async def poisoned_completion(dut):
     tb = TB(dut)
+    chk = live_checker(tb)
     await tb.init()
     buf = tb.driver.tx.bufs[0]
     tb.faults.poison_ranges.append((buf.addr, buf.addr + buf.size))
@@ -322,11 +326,13 @@ async def poisoned_completion(dut):
     assert tb.faults.poisoned >= 1
     assert any(x.ep for x in tb.tracer.records)
     await _stop_test(tb, "QSTAT_DMA_ERR_BIT")
+    assert_clean(chk, {"tlp_poisoned": tb.faults.poisoned})
 
 
 @cocotb.test()
 async def completion_timeout(dut):
     tb = TB(dut)
+    chk = live_checker(tb)
     await tb.init(DriverConfig(cpl_timeout=2000))
     buf = tb.driver.tx.bufs[0]
     tb.faults.drop_ranges.append((buf.addr, buf.addr + buf.size))
@@ -340,6 +346,159 @@ async def completion_timeout(dut):
     tags = await tb.read_reg("REG_DMA_TAGS")
     assert (tags >> 9) & 0x1FF == tb.faults.dropped, f"timed-out tags stay quarantined: {tags:#x}"
     await _stop_test(tb, "QSTAT_TIMEOUT_BIT", "REG_STAT_CPL_TIMEOUTS")
+    assert_clean(chk, {"cpl_timeout": tb.faults.dropped})   # the dropped reads, nothing else
+
+
+@cocotb.test()
+async def quarantine_exhaustion(dut):
+    """Reads that keep timing out fill the quarantine: the queue stops with QUAR and never looks healthy; a
+    reset within the hold time cannot revive it, one after it frees the tags and traffic flows again."""
+    hold = 40_000   # cycles (160 us)
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init(DriverConfig(cpl_timeout=500, tag_hold=hold))
+    r, d = tb.regs, tb.driver
+    limit = ((await tb.read_reg("REG_DMA_TAGS")) >> 18 & 0x1FF) // 2
+    bufs = [b for b in d.tx.bufs]
+    tb.faults.drop_ranges.extend((b.addr, b.addr + b.size) for b in bufs)
+    quar = 0
+    for attempt in range(40):
+        try:
+            await d.xmit(frame(16000, attempt))       # 16 KB: 32 reads of 512 B, all dropped
+            await d.wait_tx_done(timeout_ns=30_000)
+        except NicError as e:
+            if "QUAR" in str(e):
+                break
+        st = await d.queue_status("TXQ")
+        if st & (1 << r.QSTAT_QUAR_BIT):
+            break
+        quar = (await tb.read_reg("REG_DMA_TAGS")) >> 9 & 0x1FF
+        try:
+            await d.reset_queue("TXQ")
+        except NicError as e:
+            tags = await tb.read_reg("REG_DMA_TAGS")
+            assert "QUAR" in str(e), f"{e}; attempt {attempt}, tags in flight {tags & 0x1FF}, quarantined " \
+                                     f"{tags >> 9 & 0x1FF}, {await d.stats()}"
+            break
+    st = await d.queue_status("TXQ")
+    assert st & (1 << r.QSTAT_QUAR_BIT) and not st & (1 << r.QSTAT_ACTIVE_BIT), d.describe_status(st)
+    assert (await tb.read_reg("REG_DMA_TAGS")) >> 9 & 0x1FF >= limit
+    assert await tb.read_reg("REG_STAT_TAG_EXHAUSTED") >= 1
+    # a reset now cannot help: the tags are younger than the hold time, the queue must not claim health
+    try:
+        await d.reset_queue("TXQ")
+        raise AssertionError("the queue restarted with its tags exhausted")
+    except NicError as e:
+        assert "QUAR" in str(e), str(e)
+    tb.faults.drop_ranges.clear()
+    await Timer(hold * 4 + 10_000, "ns")
+    held = (await tb.read_reg("REG_DMA_TAGS")) >> 9 & 0x1FF
+    await d.reset_queue("TXQ")
+    left = (await tb.read_reg("REG_DMA_TAGS")) >> 9 & 0x1FF
+    assert left < limit <= held and await tb.read_reg("REG_STAT_QUAR_RELEASED") == held - left, (held, left)
+    f = frame(1500, 77)
+    await d.xmit(f)
+    assert await tb.recv_frame() == f
+    assert_clean(chk, {"cpl_timeout": tb.faults.dropped})
+
+
+@cocotb.test()
+async def split_near_4k(dut):
+    """Buffers placed 64 B before a 4 KB boundary: every transfer splits there (and at MPS/MRRS/RCB), intact."""
+    tb = TB(dut)
+    chk = live_checker(tb)
+    await tb.init(DriverConfig(buf_offset=4096 - 64, tx_ring_size=16, rx_ring_size=16))
+    sizes = [61, 64, 65, 200, 1500, 4097, 9000]
+    for i, n in enumerate(sizes):
+        f = frame(n, i)
+        await tb.driver.xmit(f)
+        assert await tb.recv_frame() == f, f"TX {n} B"
+        await tb.send_frame(f)
+        assert await tb.driver.recv() == f, f"RX {n} B"
+    await tb.driver.wait_tx_done()
+    recs = tb.tracer.records
+    for cls in (SemClass.DATA_READ, SemClass.DATA_WRITE):
+        reqs = [x for x in recs if x.cls == cls and x.dir == Direction.UP]
+        assert all((x.address & 0xFFF) + x.length * 4 <= 4096 for x in reqs), f"{cls.name} crosses 4 KB"
+        ends_at_4k = [x for x in reqs if (x.address & 0xFFF) == 4096 - 64 and x.length * 4 == 64]
+        assert len(ends_at_4k) >= 4, f"{cls.name}: transfers of frames > 64 B must stop at the 4 KB boundary"
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def credit_limit(dut):
+    """The root complex's completion buffer shrunk and its delivery throttled: with the device told the limit,
+    no completion is ever dropped and the reads it has outstanding never need more than the buffer."""
+    cplh, cpld = 16, 160   # 16 completions, 2.5 KB of data
+    tb = TB(dut)
+    chk = live_checker(tb)
+    tb.dev.rx_buf_cplh_fc_limit, tb.dev.rx_buf_cpld_fc_limit = cplh, cpld
+    tb.dev.rc_source.set_pause_generator(itertools.cycle((1, 1, 1, 0)))
+    await tb.init(DriverConfig(cpl_credits=(cplh, cpld)))
+    frames = [frame(n, n) for n in (9000, 4000, 1500, 9000, 700)]
+    await tb.driver.xmit_batch(frames)
+    for i, f in enumerate(frames):
+        try:
+            got = await with_timeout(tb.recv_frame(), 500, "us")
+        except SimTimeoutError:
+            st = await tb.driver.stats()
+            raise AssertionError(f"frame {i} never left: tags {await tb.read_reg('REG_DMA_TAGS'):#x}, credits used "
+                                 f"{await tb.read_reg('REG_DMA_CREDITS_USED'):#x}, TXQ "
+                                 f"{tb.driver.describe_status(await tb.driver.queue_status('TXQ'))}, {st}") from None
+        assert got == f
+    assert tb.dev.local_error.empty(), "the hard IP dropped a completion (buffer overflow)"
+    # from the trace: bytes the device had outstanding in reads never exceed the completion buffer
+    out, peak = {}, 0
+    for x in tb.tracer.records:
+        if x.dir == Direction.UP and x.type.is_mem_read:
+            out[(x.requester_id, x.tag)] = x.length * 4
+            peak = max(peak, sum(out.values()))
+        elif x.dir == Direction.DOWN and x.type.is_completion and x.byte_count <= x.length * 4:
+            out.pop((x.requester_id, x.tag), None)
+    assert 512 <= peak <= cpld * 16, f"{peak} B outstanding against a {cpld * 16} B buffer"
+    assert await tb.read_reg("REG_STAT_CREDIT_STALLS") > 0, "the limit never held a read back"
+    assert_clean(chk)
+
+
+@cocotb.test()
+async def credit_limit_ignored_overflows(dut):
+    """The control: the same shrunk buffer, the device left at the hard IP's full 32 KB: completions are lost."""
+    tb = TB(dut)
+    tb.dev.rx_buf_cplh_fc_limit, tb.dev.rx_buf_cpld_fc_limit = 16, 160
+    tb.dev.rc_source.set_pause_generator(itertools.cycle((1, 1, 1, 0)))
+    await tb.init(DriverConfig(cpl_timeout=5000))
+    await tb.driver.xmit_batch([frame(9000, 1), frame(9000, 2)])
+    await Timer(60, "us")
+    assert not tb.dev.local_error.empty(), "expected the hard IP to drop completions"
+
+
+@cocotb.test()
+async def loaded_reads_in_flight(dut):
+    """Under TX load the NIC keeps many reads in flight (time-weighted over the busy period, from the trace)."""
+    tb = TB(dut)
+    await tb.init(DriverConfig(irq_coalesce_count=8, irq_coalesce_timer=500))
+    frames = [frame(1500 if i % 4 else 9000, i) for i in range(48)]
+
+    async def drain():
+        for f in frames:
+            assert await tb.recv_frame() == f
+
+    job = cocotb.start_soon(drain())
+    await tb.driver.xmit_batch(frames)
+    await job
+    ev = []
+    out = set()
+    for x in tb.tracer.records:
+        if x.dir == Direction.UP and x.type.is_mem_read:
+            out.add((x.requester_id, x.tag))
+            ev.append((x.t_ps, len(out)))
+        elif x.dir == Direction.DOWN and x.type.is_completion and x.byte_count <= x.length * 4:
+            out.discard((x.requester_id, x.tag))
+            ev.append((x.t_ps, len(out)))
+    busy = [(t1 - t0) * d for (t0, d), (t1, _) in zip(ev, ev[1:]) if d > 0]
+    span = sum(t1 - t0 for (t0, d), (t1, _) in zip(ev, ev[1:]) if d > 0)
+    mean = sum(busy) / span
+    assert max(d for _, d in ev) >= 16 and mean >= 8, f"reads in flight: max {max(d for _, d in ev)}, mean {mean:.2f}"
 
 
 @cocotb.test()

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.sim
 
 NIC_TESTS = ["smoke", "enumeration_and_bar", "mmio_byte_enables", "tx_sizes", "rx_sizes", "loopback", "backpressure",
              "link_sweep", "interrupts", "bad_mmio", "bad_ring_size", "bad_descriptor_unmapped",
-             "bad_descriptor_length", "poisoned_completion", "completion_timeout", "completion_reorder"]
+             "bad_descriptor_length", "poisoned_completion", "completion_timeout", "completion_reorder",
+             "quarantine_exhaustion", "credit_limit", "credit_limit_ignored_overflows", "loaded_reads_in_flight"]
 
 
 # `SIM=icarus make test` runs the whole NIC set under Icarus instead of Verilator
@@ -40,6 +41,16 @@ def test_nic_icarus(test, tmp_path):
 def test_link_sweep(mps, mrrs, rcb, split, tmp_path):
     env = {"NIC_MPS": str(mps), "NIC_MRRS": str(mrrs), "NIC_RCB": str(rcb), "NIC_SPLIT_RCB": "1" if split else "0"}
     run("link_sweep", sim=SIM, data_width=256, env=env, test_dir=tmp_path)
+
+
+@pytest.mark.parametrize("mps,mrrs,rcb,split", [
+    (128, 128, 64, True), (128, 512, 128, False), (256, 512, 64, True), (256, 4096, 128, True),
+    (512, 1024, 64, False), (512, 4096, 128, False),
+])
+def test_split_near_4k(mps, mrrs, rcb, split, tmp_path):
+    """Buffers just before a 4 KB boundary across the MPS/MRRS/RCB sweep (page-aligned buffers hide a broken split)."""
+    env = {"NIC_MPS": str(mps), "NIC_MRRS": str(mrrs), "NIC_RCB": str(rcb), "NIC_SPLIT_RCB": "1" if split else "0"}
+    run("split_near_4k", sim=SIM, data_width=256, env=env, test_dir=tmp_path)
 
 
 @pytest.mark.parametrize("width", [256, 64])
