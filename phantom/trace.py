@@ -26,9 +26,12 @@ from typing import Any, Iterable, Iterator, TextIO
 import numpy as np
 
 SCHEMA_NAME = "phantom.trace"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # version history: 1 link parameters and provenance; 2 adds the device's completion timeout, Device Control
-# attributes, the host memory map, the host model and the device identity (version-1 files read with defaults)
+# attributes, the host memory map, the host model and the device identity; 3 adds ``mac_frames``, the sidecar
+# file of frames on the device's MAC side (older versions read with defaults)
+MAC_SCHEMA_NAME = "phantom.mac"
+MAC_SCHEMA_VERSION = 1
 
 
 class TraceFormatError(ValueError):
@@ -271,6 +274,7 @@ class TraceHeader:
     memory_map: list[dict[str, Any]] = field(default_factory=list)  # host memory map (phantom.memmap)
     host: dict[str, Any] = field(default_factory=dict)    # host model that produced the traffic (tb.host_model)
     device: dict[str, Any] = field(default_factory=dict)  # device identity (vendor_id, device_id, regmap, ...)
+    mac_frames: str = ""           # sidecar file (same folder) of MAC-side frames: offered to the device, sent by it
     extra: dict[str, Any] = field(default_factory=dict)   # free-form provenance (seed, git rev, ...)
 
     def __post_init__(self) -> None:
@@ -288,6 +292,8 @@ class TraceHeader:
         for name in ("relaxed_ordering", "no_snoop"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not isinstance(self.mac_frames, str) or "/" in self.mac_frames or self.mac_frames in (".", ".."):
+            raise ValueError(f"mac_frames must be a file name in the trace's folder, got {self.mac_frames!r}")
         for name in ("host", "device", "extra"):
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"{name} must be an object, got {getattr(self, name)!r}")
@@ -640,3 +646,113 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Convert between encodings (by suffix); lossless. Returns the record count."""
     with TraceReader(src) as r:
         return write_trace(dst, r.header, r)
+
+
+# MAC-side frames (sidecar) ---------------------------------------------------------------------
+
+class MacPort(enum.IntEnum):
+    RX = 0   # a frame offered to the device's MAC receive side (wire -> host): stimulus
+    TX = 1   # a frame the device sent on its MAC transmit side (host -> wire): output
+
+
+@dataclass(frozen=True, slots=True)
+class MacFrame:
+    """One frame on the device's MAC side, at the time the testbench offered (RX) or received (TX) it."""
+
+    t_ps: int
+    port: MacPort
+    data: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"t_ps": self.t_ps, "port": self.port.name.lower(), "len": len(self.data), "data": self.data.hex()}
+
+    @classmethod
+    def from_json(cls, d: Any, *, path: Any = None, line: int | None = None) -> "MacFrame":
+        if not isinstance(d, dict):
+            raise TraceFormatError(path, line, None, f"expected a JSON object, got {type(d).__name__}")
+        t = d.get("t_ps")
+        if not isinstance(t, int) or isinstance(t, bool) or t < 0:
+            raise TraceFormatError(path, line, "t_ps", f"expected a non-negative integer, got {t!r}")
+        port = {"rx": MacPort.RX, "tx": MacPort.TX}.get(d.get("port"))
+        if port is None:
+            raise TraceFormatError(path, line, "port", f"expected 'rx' or 'tx', got {d.get('port')!r}")
+        try:
+            data = bytes.fromhex(d.get("data", ""))
+        except (ValueError, TypeError):
+            raise TraceFormatError(path, line, "data", "expected a hex string") from None
+        if d.get("len", len(data)) != len(data):
+            raise TraceFormatError(path, line, "len", f"{d.get('len')!r} differs from the {len(data)} data bytes")
+        return cls(t, port, data)
+
+
+def mac_sidecar_path(trace_path: str | os.PathLike) -> Path:
+    """The sidecar next to a trace: ``x.jsonl.gz`` -> ``x.mac.jsonl.gz`` (``.npz`` traces too)."""
+    p = Path(trace_path)
+    name = p.name
+    for suf in (".jsonl.gz", ".jsonl", ".npz"):
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+            break
+    return p.with_name(name + ".mac.jsonl.gz")
+
+
+class MacWriter:
+    """Streams MAC-side frames to a sidecar file."""
+
+    def __init__(self, path: str | os.PathLike, trace_name: str = ""):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = _open_text(self.path, "w")
+        self._f.write(json.dumps({"schema": MAC_SCHEMA_NAME, "version": MAC_SCHEMA_VERSION, "trace": trace_name}) + "\n")
+        self.count = 0
+
+    def write(self, fr: MacFrame) -> None:
+        self._f.write(json.dumps(fr.to_json(), separators=(",", ":")) + "\n")
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+def read_mac_frames(path: str | os.PathLike) -> list[MacFrame]:
+    """All frames of a MAC sidecar file (errors name the file, line and field)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such MAC frame file")
+    out = []
+    with _open_text(path, "r") as f:
+        try:
+            first = json.loads(f.readline() or "null")
+        except json.JSONDecodeError as e:
+            raise TraceFormatError(path, 1, None, f"header is not JSON: {e.msg}") from None
+        except (OSError, EOFError) as e:
+            raise TraceFormatError(path, 1, None, f"unreadable: {e}") from None
+        if not isinstance(first, dict) or first.get("schema") != MAC_SCHEMA_NAME:
+            raise TraceFormatError(path, 1, "schema", f"not a {MAC_SCHEMA_NAME} file")
+        if not isinstance(first.get("version"), int) or first["version"] > MAC_SCHEMA_VERSION:
+            raise TraceFormatError(path, 1, "version", f"unsupported version {first.get('version')!r}")
+        lineno = 1
+        while True:
+            try:
+                line = f.readline()
+            except (OSError, EOFError) as e:
+                raise TraceFormatError(path, lineno + 1, None, f"truncated or corrupt file: {e}") from None
+            if not line:
+                break
+            lineno += 1
+            if not line.endswith("\n"):
+                raise TraceFormatError(path, lineno, None, "truncated line (no newline at end of file)")
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TraceFormatError(path, lineno, None, f"malformed JSON: {e.msg}") from None
+            out.append(MacFrame.from_json(d, path=path, line=lineno))
+    return out
+
+
+def trace_mac_frames(trace_path: str | os.PathLike, header: "TraceHeader") -> list[MacFrame]:
+    """The MAC frames a trace header refers to ([] when it names none)."""
+    if not header.mac_frames:
+        return []
+    return read_mac_frames(Path(trace_path).with_name(header.mac_frames))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import cocotb
 from cocotb.triggers import FallingEdge, RisingEdge, Timer
+from cocotb.utils import get_sim_time
 from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStreamSource
 from cocotbext.pcie.core import RootComplex
 from cocotbext.pcie.core.caps import PciCapId
@@ -19,7 +20,7 @@ from host.driver import DriverConfig, NicDriver
 from host.pcie import BufferKind
 from host.regmap import REGS_VH, Regs
 from phantom.memmap import Region, RegionKind
-from phantom.trace import TraceHeader
+from phantom.trace import MacFrame, MacPort, MacWriter, TraceHeader, mac_sidecar_path
 from tb.host_model import (HostModel, HostProvenance, HostTiming, fix_config_write_completions, get_host_profile,
                            install_memory_latency, set_port_delays)
 from tb.pcie_access import SimPcieAccess
@@ -216,6 +217,11 @@ class TB:
                        packet_payload_keep=self.link.packet_payload_keep,
                        link_source=lambda: link_params(self.rc, self.dev))
         self.tracer = self.tap  # the name older tests use
+        self.mac: MacWriter | None = None
+        if trace_path is not None:
+            side = mac_sidecar_path(trace_path)
+            self.mac = MacWriter(side, trace_name=os.path.basename(str(trace_path)))
+            self.tap.header.mac_frames = side.name
         self.access: SimPcieAccess | None = None
         self.driver: NicDriver | None = None
         self.fn = None
@@ -282,7 +288,9 @@ class TB:
         cycles = await self.read_reg("REG_CPL_TIMEOUT")
         self.tap.commit(cpl_timeout_ns=cycles * USER_CLK_NS, host=self.provenance.to_json(),
                         device={"vendor_id": 0x1234, "device_id": 0x4E31, "regmap": regmap_fingerprint(),
-                                "version": self.regs.NIC_VERSION_VALUE},
+                                "version": self.regs.NIC_VERSION_VALUE, "user_clk_ns": USER_CLK_NS,
+                                "tag_hold_ns": await self.read_reg("REG_TAG_HOLD") * USER_CLK_NS,
+                                "registers": {n: getattr(self.regs, n) for n in self.regs.names("REG_")}},
                         extra={"seed": self.seed})
 
     async def read_reg(self, name: str) -> int:
@@ -292,16 +300,23 @@ class TB:
         await self.access.mmio_write32(getattr(self.regs, name), value)
 
     async def send_frame(self, data: bytes) -> None:
-        """A frame arrives at the MAC (RX direction)."""
+        """A frame arrives at the MAC (RX direction); recorded in the MAC sidecar at the time it is offered."""
+        if self.mac is not None:
+            self.mac.write(MacFrame(int(get_sim_time("ps")), MacPort.RX, bytes(data)))
         await self.mac_rx.send(AxiStreamFrame(data))
 
     async def recv_frame(self) -> bytes:
-        """A frame leaves on the MAC (TX direction)."""
+        """A frame leaves on the MAC (TX direction); recorded in the MAC sidecar when it has left."""
         f = await self.mac_tx.recv()
-        return bytes(f.tdata)
+        data = bytes(f.tdata)
+        if self.mac is not None:
+            self.mac.write(MacFrame(int(get_sim_time("ps")), MacPort.TX, data))
+        return data
 
     async def settle(self, ns: int = 2000) -> None:
         await Timer(ns, "ns")
 
     def close(self) -> None:
         self.tap.close()
+        if self.mac is not None:
+            self.mac.close()

@@ -145,7 +145,7 @@ def test_version_1_traces_still_read(tmp_path):
     p.write_text(json.dumps(v1) + "\n" + json.dumps(rec) + "\n")
     h, recs = read_trace(p)
     assert h.memory_map == [] and h.cpl_timeout_ns == 0.0 and not h.relaxed_ordering and len(recs) == 1
-    assert h.to_json()["version"] == SCHEMA_VERSION == 2
+    assert h.to_json()["version"] == SCHEMA_VERSION == 3 and h.mac_frames == ""
 
 
 def test_v2_header_fields_validate():
@@ -157,3 +157,32 @@ def test_v2_header_fields_validate():
         TraceHeader(cpl_timeout_ns=-1)
     with pytest.raises(ValueError, match="relaxed_ordering must be true or false"):
         TraceHeader(relaxed_ordering=1)
+
+
+def test_mac_sidecar_round_trip_and_errors(tmp_path):
+    from phantom.trace import MacFrame, MacPort, MacWriter, mac_sidecar_path, read_mac_frames, trace_mac_frames
+
+    assert mac_sidecar_path(tmp_path / "run.jsonl.gz").name == "run.mac.jsonl.gz"
+    assert mac_sidecar_path(tmp_path / "run.npz").name == "run.mac.jsonl.gz"
+    frames = [MacFrame(10, MacPort.RX, b"\x01\x02"), MacFrame(2000, MacPort.TX, bytes(range(60)))]
+    side = mac_sidecar_path(tmp_path / "run.jsonl.gz")
+    w = MacWriter(side, "run.jsonl.gz")
+    for f in frames:
+        w.write(f)
+    w.close()
+    assert read_mac_frames(side) == frames
+    h = TraceHeader(mac_frames=side.name)
+    assert trace_mac_frames(tmp_path / "run.jsonl.gz", h) == frames
+    assert trace_mac_frames(tmp_path / "run.jsonl.gz", TraceHeader()) == []
+    good = side.read_bytes()
+    import gzip as gz
+
+    text = gz.decompress(good).decode()
+    bad = tmp_path / "c1.mac.jsonl.gz"
+    bad.write_bytes(gz.compress(text.replace('"port":"tx"', '"port":"up"').encode()))
+    with pytest.raises(TraceFormatError) as e:
+        read_mac_frames(bad)
+    rest = str(e.value)[len(str(bad)):]
+    assert rest.startswith(":3: field 'port'") and "expected 'rx' or 'tx'" in rest
+    with pytest.raises(ValueError, match="mac_frames must be a file name"):
+        TraceHeader(mac_frames="../elsewhere.mac.jsonl.gz")
