@@ -13,7 +13,7 @@ RTL_SOURCES := $(addprefix rtl/,nic.v nic_cfg.v nic_mmio.v nic_dma_rd.v nic_dma_
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-realism bench-serving lint clean help
+.PHONY: setup sim replay test test-fast regress bench-sim bench-rules bench-realism bench-serving lint clean help
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo|loaded|rcb_split|numa|ideal] [SIM=verilator|icarus] [WIDTH=64|128|256] [HOST=...] [WAVES=1]"
@@ -38,6 +38,11 @@ $(STAMP): requirements.txt pyproject.toml
 
 sim: $(STAMP)
 	$(PY) sim_scripts/sim.py --scenario $(SCENARIO) --sim $(SIM) --width $(WIDTH) $(if $(WAVES),--waves,) $(if $(FRAMES),--frames $(FRAMES),) $(if $(HOST),--host $(HOST),)
+
+TIMING ?= trace
+replay: $(STAMP)
+	@test -n "$(TRACE)" || { echo "usage: make replay TRACE=path [SIM=verilator|icarus] [WIDTH=256] [TIMING=trace|asap]"; exit 2; }
+	$(PY) sim_scripts/replay.py $(TRACE) --sim $(SIM) --width $(WIDTH) --timing $(TIMING)
 
 test: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q --durations=15 tests

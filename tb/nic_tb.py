@@ -143,11 +143,11 @@ class FaultInjector:
 
 class TB:
     def __init__(self, dut, link: LinkConfig | None = None, trace_path: str | None = None, scenario: str = "",
-                 seed: int | None = None):
+                 seed: int | None = None, host_model: HostModel | None = None, keep_records: bool = True):
         self.dut = dut
         self.link = link or LinkConfig.from_env()
         self.seed = int(os.environ.get("NIC_SEED", 1)) if seed is None else seed
-        self.host = self.link.host_model(self.seed)
+        self.host = host_model or self.link.host_model(self.seed)
         self.timing = HostTiming(self.host)
         self.log = logging.getLogger("cocotb.tb")
         self.log.setLevel(logging.INFO)
@@ -212,10 +212,11 @@ class TB:
         header = TraceHeader(mps=self.link.mps, mrrs=self.link.mrrs, rcb=self.link.rcb, link_speed=gen,
                              link_width=lanes, data_width=self.data_width, scenario=scenario,
                              simulator=os.environ.get("NIC_SIM", cocotb.SIM_NAME.lower() if cocotb.SIM_NAME else ""),
-                             payload_bytes_kept=max(self.link.packet_payload_keep, 0))
+                             payload_bytes_kept=self.link.packet_payload_keep)
         self.tap = Tap(self.rc_port, self.dev_port, trace_path, header=header,
                        packet_payload_keep=self.link.packet_payload_keep,
                        link_source=lambda: link_params(self.rc, self.dev))
+        self.tap.keep_in_memory = keep_records and trace_path is None
         self.tracer = self.tap  # the name older tests use
         self.mac: MacWriter | None = None
         if trace_path is not None:
@@ -244,6 +245,14 @@ class TB:
     async def init(self, driver_config: DriverConfig | None = None, start_driver: bool = True) -> None:
         """Enumerate, assign BARs, program MPS/MRRS/RCB and Device Control, enable bus mastering and MSI-X, start
         the driver, then commit the trace header (link parameters, memory map, completion timeout, host model)."""
+        await self.bring_up()
+        self.driver = NicDriver(self.access, self.regs, driver_config or DriverConfig())
+        if start_driver:
+            await self.driver.init()
+        await self.commit_trace()
+
+    async def bring_up(self, dma_pool: bool = True) -> None:
+        """What the OS does before a driver runs: enumeration, MPS/MRRS/RCB, Device Control, bus mastering, MSI-X."""
         await self.reset()
         await self.rc.enumerate()
         self.fn = self.rc.find_device(self.dev.functions[0].pcie_id)
@@ -259,13 +268,12 @@ class TB:
                         (DEVCTL_NS, self.host.no_snoop)):
             devctl = (devctl | bit) if on else (devctl & ~bit)
         await self.fn.capability_write_word(PciCapId.EXP, 0x08, devctl)
-        self.access = SimPcieAccess(self.rc, self.fn, timing=self.timing)
+        self.access = SimPcieAccess(self.rc, self.fn, timing=self.timing, pool=dma_pool)
         await self.fn.alloc_irq_vectors(1, self.regs.MSIX_VECTORS)
         self.fn.request_irq(0, self.access.irq_handler)
-        self.driver = NicDriver(self.access, self.regs, driver_config or DriverConfig())
-        if start_driver:
-            await self.driver.init()
-        await self.commit_trace()
+
+    def msix_address(self) -> int | None:
+        return self.fn.msi_vectors[0].addr if self.fn.msi_vectors else None
 
     def memory_map(self) -> list[Region]:
         """Host memory and device windows the trace header records (what the NIC may touch, and its doorbells)."""

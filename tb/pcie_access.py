@@ -19,18 +19,19 @@ HIGH_DMA_SIZE = 0x4000_0000
 
 
 class SimPcieAccess(PcieAccess):
-    def __init__(self, rc, dev_fn, bar_index: int = 0, timing=None):
+    def __init__(self, rc, dev_fn, bar_index: int = 0, timing=None, pool: bool = True):
         self.rc = rc
         self.fn = dev_fn
         self.bar = dev_fn.bar_window[bar_index]
         self.bar_addr = dev_fn.bar_addr[bar_index]
         self.timing = timing
         self._pool = None
-        if timing is not None and timing.model.dma_above_4g:
+        if pool and timing is not None and timing.model.dma_above_4g:
             self._pool = rc.mem_address_space.create_pool(HIGH_DMA_BASE, HIGH_DMA_SIZE)
         self._bufs: list[DmaBuffer] = []
         self._starts: list[int] = []
         self._mem: dict[int, object] = {}
+        self._size: dict[int, int] = {}   # bytes of host memory behind each buffer start
         self._irq_event = Event()
         self._irq_count = 0
 
@@ -71,7 +72,34 @@ class SimPcieAccess(PcieAccess):
         self._starts.insert(i, addr)
         self._bufs.insert(i, buf)
         self._mem[addr] = mem
+        self._size[addr] = alloc
         return buf
+
+    def map_fixed(self, base: int, size: int, kind: BufferKind) -> DmaBuffer:
+        """Host memory at a given address (a replay puts rings and buffers where the trace had them)."""
+        from cocotbext.axi.address_space import MemoryRegion
+
+        pool = self.rc.mem_pool if base + size <= 0x8000_0000 else self._high_pool_for(base, size)
+        region = MemoryRegion(size)
+        pool.register_region(region, base - pool.base)
+        buf = DmaBuffer(base, size, kind)
+        i = bisect.bisect(self._starts, base)
+        self._starts.insert(i, base)
+        self._bufs.insert(i, buf)
+        self._mem[base] = region.mem
+        self._size[base] = size
+        return buf
+
+    def _high_pool_for(self, base: int, size: int):
+        if self._pool is not None and self._pool.base <= base and base + size <= self._pool.base + self._pool.size:
+            return self._pool
+        lo = base & ~(HIGH_DMA_SIZE - 1)
+        if base + size > lo + HIGH_DMA_SIZE:
+            raise ValueError(f"host memory {base:#x}+{size:#x} spans a 1 GB boundary: not supported")
+        if self._pool is not None:
+            raise ValueError(f"host memory {base:#x}+{size:#x} is outside the DMA pool at {self._pool.base:#x}")
+        self._pool = self.rc.mem_address_space.create_pool(lo, HIGH_DMA_SIZE)
+        return self._pool
 
     def find(self, addr: int) -> DmaBuffer | None:
         i = bisect.bisect(self._starts, addr) - 1
@@ -89,7 +117,7 @@ class SimPcieAccess(PcieAccess):
         if i < 0:
             raise ValueError(f"host memory access {addr:#x}+{length} is outside every DMA buffer")
         base = self._starts[i]
-        if addr + length > base + ((self._bufs[i].size + 4095) & ~4095):
+        if addr + length > base + self._size[base]:
             raise ValueError(f"host memory access {addr:#x}+{length} is outside every DMA buffer")
         return self._mem[base], addr - base
 
