@@ -433,7 +433,7 @@ wire [15:0] rx_cw_index, rx_cw_len;
 wire        tx_cons_adv, tx_err_valid, tx_stat_pkt;
 wire [1:0]  tx_err_code;
 wire [15:0] tx_stat_bytes;
-wire        rx_cons_adv, rx_err_valid, rx_stat_pkt, rx_stat_trunc;
+wire        rx_cons_adv, rx_irq_event, rx_err_valid, rx_stat_pkt, rx_stat_trunc;
 wire [1:0]  rx_err_code;
 wire [15:0] rx_stat_bytes;
 
@@ -549,6 +549,7 @@ nic_rx #(
     .cw_phase(rx_cw_phase),
     .cw_done(rx_cw_done),
     .cons_adv(rx_cons_adv),
+    .irq_event(rx_irq_event),
     .err_valid(rx_err_valid),
     .err_code(rx_err_code),
     .drain(rx_drain),
@@ -602,7 +603,7 @@ reg [2:0] ev;  // interrupt causes this cycle
 always @* begin
     ev = 3'd0;
     ev[IRQ_TX_BIT] = tx_cons_adv;
-    ev[IRQ_RX_BIT] = rx_cons_adv;
+    ev[IRQ_RX_BIT] = rx_irq_event;
     ev[IRQ_ERR_BIT] = tx_err_valid || rx_err_valid || quar_rise != 2'b00;
 end
 reg [1:0]  irq_state_reg, irq_state_next;

@@ -174,6 +174,9 @@ reg [31:0]       tag_ts      [0:TAG_MAX-1];   // issue time, then quarantine tim
 reg [6:0]        tag_cplh    [0:TAG_MAX-1];   // completion credits reserved by the TLP
 reg [8:0]        tag_cpld    [0:TAG_MAX-1];
 reg              tag_queue   [0:TAG_MAX-1];
+`ifdef NIC_FAULT_TAG_LEAK
+reg              tag_split   [0:TAG_MAX-1];   // a completion other than the last has arrived
+`endif
 
 /* free-tag FIFO */
 reg [TW-1:0]     tag_fifo    [0:TAG_MAX-1];
@@ -241,6 +244,9 @@ initial begin
         tag_cplh[i] = 7'd0;
         tag_cpld[i] = 9'd0;
         tag_queue[i] = 1'b0;
+`ifdef NIC_FAULT_TAG_LEAK
+        tag_split[i] = 1'b0;
+`endif
         tag_fifo[i] = {TW{1'b0}};
     end
     for (i = 0; i < JOBS; i = i + 1) begin
@@ -310,13 +316,28 @@ assign release_busy[0] = rel_left_reg[0] != 9'd0;
 assign release_busy[1] = rel_left_reg[1] != 9'd0;
 
 /* ---- next read TLP of the job being split ---- */
+// Planted faults for the regression to find (each a `define, all off by default; see docs/benchmarks.md):
+// NIC_FAULT_SPLIT_4K reads cross 4 KB boundaries, NIC_FAULT_MRRS_OFF_BY_ONE reads one DWORD past MRRS,
+// NIC_FAULT_TAG_LEAK a tag of a read answered in pieces is never freed, NIC_FAULT_BC_REASSEMBLY completions of a
+// read larger than 2 KB land one DWORD off, NIC_FAULT_CREDIT_OFF_BY_ONE reserves one CplH credit too few.
+`ifdef NIC_FAULT_SPLIT_4K
+wire [12:0] rd_len      = min3(sj_rem_reg, mrrs_bytes, 13'h1000);
+`elsif NIC_FAULT_MRRS_OFF_BY_ONE
+wire [12:0] rd_len      = min3(sj_rem_reg, mrrs_bytes + 13'd4, 13'h1000 - {1'b0, sj_addr_reg[11:0]});
+`else
 wire [12:0] rd_len      = min3(sj_rem_reg, mrrs_bytes, 13'h1000 - {1'b0, sj_addr_reg[11:0]});
+`endif
 wire [10:0] rd_dw       = rd_len[12:2] + {10'd0, rd_len[1:0] != 2'd0};
 wire [6:0]  rcb_off     = cfg_rcb_128 ? sj_addr_reg[6:0] : {1'b0, sj_addr_reg[5:0]};
 // worst case completion count (the completer may split on every RCB) and CplD credits (16 B each, plus one a
 // completion: the UltraScale+ buffer holds header and data in one pool)
 wire [13:0] rcb_span    = {7'd0, rcb_off} + {1'b0, rd_len} + (cfg_rcb_128 ? 14'd127 : 14'd63);
+`ifdef NIC_FAULT_CREDIT_OFF_BY_ONE
+wire [6:0]  rd_cplh_ok  = cfg_rcb_128 ? rcb_span[13:7] : rcb_span[12:6];
+wire [6:0]  rd_cplh     = rd_cplh_ok > 7'd1 ? rd_cplh_ok - 7'd1 : rd_cplh_ok;
+`else
 wire [6:0]  rd_cplh     = cfg_rcb_128 ? rcb_span[13:7] : rcb_span[12:6];
+`endif
 wire [13:0] data_span   = {10'd0, sj_addr_reg[3:0]} + {1'b0, rd_len} + 14'd15;
 wire [8:0]  rd_cpld     = data_span[12:4] + {1'b0, rd_cplh, 1'b0};
 // a TLP may always go when nothing is outstanding, so a limit below one read's worst case cannot hang the engine
@@ -363,7 +384,11 @@ wire [TW-1:0] rc_tag       = rc_hdr[64 +: TW];
 wire          rc_hdr_beat  = s_axis_rc_tvalid && rc_beat_reg == RC_HDR_BEAT;
 wire          rc_live      = tag_valid[rc_tag];
 wire          rc_good      = rc_live && rc_err_code == 4'd0 && rc_status == CPL_STATUS_SC && !rc_poisoned;
+`ifdef NIC_FAULT_BC_REASSEMBLY
+wire [12:0]   rc_offset    = tag_len[rc_tag] - rc_byte_cnt - (rc_byte_cnt > 13'd2048 ? 13'd4 : 13'd0);
+`else
 wire [12:0]   rc_offset    = tag_len[rc_tag] - rc_byte_cnt;   // bytes of the TLP already delivered
+`endif
 wire [RAM_AW-1:0] rc_dst_comb = tag_ram[rc_tag] + {{(RAM_AW-11){1'b0}}, rc_offset[12:2]};
 wire          rc_ok_cur    = rc_hdr_beat ? rc_good : rc_ok_reg;
 wire [RAM_AW-1:0] rc_dst_cur = rc_hdr_beat ? rc_dst_comb : rc_dst_reg;
@@ -416,7 +441,11 @@ always @* begin
         if (rc_live) begin
             if (!rc_good) dec_status = DONE_ERR;
             if (rc_req_done) begin
+`ifdef NIC_FAULT_TAG_LEAK
+                free_en = !tag_split[rc_tag];   // fault: the tag of a read answered in pieces is lost
+`else
                 free_en = 1'b1;
+`endif
                 dec_en = 1'b1;
             end
         end else if (tag_quar[rc_tag] && rc_req_done) begin
@@ -441,8 +470,8 @@ end
 // scan pauses meanwhile), so it never finishes a job in the same cycle as a completion or a timeout
 wire          sj_abort_now = sj_abort && !rc_hdr_beat && !rcd_pend_reg;
 
-wire          cred_rel = (free_en && !quar_clr) || quar_set;
-wire [TW-1:0] cred_tag = quar_set ? scan_reg : free_tag;
+wire          cred_rel = (dec_en && rc_hdr_beat) || quar_set;
+wire [TW-1:0] cred_tag = quar_set ? scan_reg : rc_tag;
 
 // job table updates: the job being split (s) and the job losing a TLP (d) may be the same
 wire [JW-1:0] s_job = sj_slot_reg;
@@ -553,6 +582,9 @@ always @(posedge clk) begin
         tag_cplh[l_tag] <= rd_cplh;
         tag_cpld[l_tag] <= rd_cpld;
         tag_queue[l_tag] <= sj_queue_reg;
+`ifdef NIC_FAULT_TAG_LEAK
+        tag_split[l_tag] <= 1'b0;
+`endif
         sj_addr_reg <= sj_addr_reg + {51'd0, rd_len};
         sj_rem_reg <= sj_rem_reg - {3'd0, rd_len};
         sj_ram_reg <= sj_ram_reg + {{(RAM_AW-11){1'b0}}, rd_dw};
@@ -614,6 +646,7 @@ always @(posedge clk) begin
         tf_wr_reg <= tf_wr_reg + 1'b1;
         if (!quar_clr) tag_valid[free_tag] <= 1'b0;
     end
+    if (dec_en && rc_hdr_beat) tag_valid[rc_tag] <= 1'b0;  // answered in full (freed above, or leaked)
     if (quar_set) begin
         tag_valid[scan_reg] <= 1'b0;
         tag_quar[scan_reg] <= 1'b1;
@@ -653,6 +686,9 @@ always @(posedge clk) begin
         rc_beat_reg <= s_axis_rc_tlast ? 9'd0 : rc_beat_reg + 9'd1;
     end
     if (rc_hdr_beat) begin
+`ifdef NIC_FAULT_TAG_LEAK
+        if (rc_live && !rc_req_done) tag_split[rc_tag] <= 1'b1;
+`endif
         rc_ok_reg <= rc_good;
         rc_dst_reg <= rc_dst_comb;
         stat_cpl_rx <= 1'b1;

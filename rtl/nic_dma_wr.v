@@ -100,7 +100,11 @@ initial begin
     stat_wr_bytes = 13'd0;
 end
 
+`ifdef NIC_FAULT_SPLIT_4K
+wire [12:0] wr_len = min3(wj_rem_reg, mps_bytes, 13'h1000);   // planted fault: writes cross 4 KB boundaries
+`else
 wire [12:0] wr_len = min3(wj_rem_reg, mps_bytes, 13'h1000 - {1'b0, wj_addr_reg[11:0]});
+`endif
 wire [10:0] wr_dw  = wr_len[12:2] + {10'd0, wr_len[1:0] != 2'd0};
 wire        wr_last = wj_rem_reg == {3'd0, wr_len};
 

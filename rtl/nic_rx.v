@@ -69,6 +69,7 @@ module nic_rx #
 
     /* to nic_core */
     output reg                           cons_adv,
+    output reg                           irq_event,    // an RX interrupt cause (the record is written)
     output reg                           err_valid,
     output reg  [1:0]                    err_code,
     output wire                          drain,
@@ -162,6 +163,7 @@ initial begin
     cw_trunc = 1'b0;
     cw_phase = 1'b0;
     cons_adv = 1'b0;
+    irq_event = 1'b0;
     err_valid = 1'b0;
     err_code = 2'd0;
     stat_pkt = 1'b0;
@@ -228,6 +230,7 @@ wire idle_reset = restart_reg && !drain;
 
 always @(posedge clk) begin
     cons_adv <= 1'b0;
+    irq_event <= 1'b0;
     err_valid <= 1'b0;
     stat_pkt <= 1'b0;
     stat_bytes <= 16'd0;
@@ -289,6 +292,9 @@ always @(posedge clk) begin
             err_code <= 2'd0;
             stopped_reg <= 1'b1;
         end else begin
+`ifdef NIC_FAULT_IRQ_BEFORE_DATA
+            irq_event <= 1'b1;   // planted fault: the RX interrupt cause fires before the frame's data is written
+`endif
             busy_reg <= 1'b1;
             wr_valid <= 1'b1;
             wr_addr <= d_addr;
@@ -316,6 +322,9 @@ always @(posedge clk) begin
     rec_inflight_reg <= rec_inflight_reg + {4'd0, cw_valid && cw_ready} - {4'd0, cw_done};
     if (cw_done) begin
         cons_adv <= 1'b1;
+`ifndef NIC_FAULT_IRQ_BEFORE_DATA
+        irq_event <= 1'b1;
+`endif
         stat_pkt <= 1'b1;
         stat_bytes <= cw_len;
         stat_trunc <= cw_trunc;

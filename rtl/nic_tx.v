@@ -182,7 +182,13 @@ function [15:0] min2;
         min2 = a < b ? a : b;
     end
 endfunction
+`ifdef NIC_FAULT_PREFETCH_PAST_PROD
+// planted fault: one descriptor past the producer index when fewer than a batch are posted
+wire [15:0] df_n = min2(min2(min2(avail == 16'd0 ? 16'd0 : avail + 16'd1, DESC_BATCH[15:0]), cache_free),
+                        min2(to_ring_end, to_cache_end));
+`else
 wire [15:0] df_n = min2(min2(min2(avail, DESC_BATCH[15:0]), cache_free), min2(to_ring_end, to_cache_end));
+`endif
 wire        df_go = running && !df_busy_reg && !rd_a_valid && df_n != 16'd0;
 
 /* ---- next frame from the descriptor cache ---- */

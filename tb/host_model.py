@@ -97,6 +97,8 @@ class HostModel:
     rx_frame: Lognormal = Lognormal(200.0, 0.3)    # driver work per received frame
     irq: Lognormal = Lognormal(1500.0, 0.3)        # MSI-X write to the driver's handler running
     fix_cfg_write_byte_count: bool = True   # cocotbext-pcie answers config writes with byte count 0; PCIe 2.2.9: 4
+    cpl_buffer: tuple[int, int] | None = None  # the hard IP's completion buffer (CplH, CplD credits); None: 256/2048
+    rc_throttle: int = 0                    # of every 4 user-clock cycles, this many the completion interface pauses
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -109,6 +111,13 @@ class HostModel:
                 raise ValueError(f"HostModel.{f.name} must be a Lognormal, got {getattr(self, f.name)!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"HostModel.seed must be an integer, got {self.seed!r}")
+        if self.cpl_buffer is not None:
+            if (not isinstance(self.cpl_buffer, (tuple, list)) or len(self.cpl_buffer) != 2
+                    or not 1 <= self.cpl_buffer[0] <= 256 or not 1 <= self.cpl_buffer[1] <= 2048):
+                raise ValueError(f"HostModel.cpl_buffer must be (1..256 CplH, 1..2048 CplD), got {self.cpl_buffer!r}")
+            object.__setattr__(self, "cpl_buffer", (int(self.cpl_buffer[0]), int(self.cpl_buffer[1])))
+        if self.rc_throttle not in (0, 1, 2, 3):
+            raise ValueError(f"HostModel.rc_throttle must be 0..3 (paused cycles of 4), got {self.rc_throttle!r}")
 
     def replace(self, **kw: Any) -> "HostModel":
         return dataclasses.replace(self, **kw)
@@ -136,6 +145,8 @@ HOST_PROFILES: dict[str, HostModel] = {
     "realistic": HostModel(),
     "realistic-rcb": HostModel(name="realistic-rcb", split_on_all_rcb=True),
     "remote-numa": HostModel(name="remote-numa", read_latency=Lognormal(900.0, 0.3, 400.0)),
+    # a root complex that withholds completion space: a small buffer, drained slowly, completions split on RCB
+    "tight-cpl": HostModel(name="tight-cpl", split_on_all_rcb=True, cpl_buffer=(16, 160), rc_throttle=3),
     # the old testbench: no memory time, no CPU time, 32-bit BAR and DMA memory, 5-bit tags
     "ideal": HostModel(name="ideal", read_latency=Lognormal(), port_delay_ns=5.0, bar64=False, dma_above_4g=False,
                        ext_tags=False, relaxed_ordering=False, mmio_write=Lognormal(), mmio_read=Lognormal(),

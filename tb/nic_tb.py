@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 from dataclasses import dataclass
@@ -184,6 +185,11 @@ class TB:
         )
         self.dev.log.setLevel(logging.WARNING)
         self.rc.log.setLevel(logging.ERROR)
+        if self.host.cpl_buffer is not None:
+            self.dev.rx_buf_cplh_fc_limit, self.dev.rx_buf_cpld_fc_limit = self.host.cpl_buffer
+        if self.host.rc_throttle:
+            k = self.host.rc_throttle
+            self.dev.rc_source.set_pause_generator(itertools.cycle((1,) * k + (0,) * (4 - k)))
         f0 = self.dev.functions[0]
         f0.vendor_id = 0x1234
         f0.device_id = 0x4E31

@@ -13,6 +13,9 @@ SOURCES = [RTL / n for n in ("nic.v", "nic_cfg.v", "nic_mmio.v", "nic_dma_rd.v",
                                "nic_tx.v", "nic_rx.v", "nic_cpl_wr.v", "nic_core.v")]
 SIMULATORS = ("verilator", "icarus")
 DATA_WIDTHS = (64, 128, 256)
+# planted RTL faults (rtl/*.v `ifdef NIC_FAULT_*): one per variant build, for the regression to find
+FAULTS = ("NIC_FAULT_SPLIT_4K", "NIC_FAULT_MRRS_OFF_BY_ONE", "NIC_FAULT_IRQ_BEFORE_DATA", "NIC_FAULT_TAG_LEAK",
+          "NIC_FAULT_BC_REASSEMBLY", "NIC_FAULT_PREFETCH_PAST_PROD", "NIC_FAULT_CREDIT_OFF_BY_ONE")
 
 
 class SimulationFailed(AssertionError):
@@ -37,20 +40,23 @@ def _prepare_env(sim: str) -> None:
             sys.path.insert(0, p)
 
 
-def build_dir(sim: str, data_width: int, waves: bool) -> Path:
-    return ROOT / "build" / f"{sim}_dw{data_width}{'_waves' if waves else ''}"
+def build_dir(sim: str, data_width: int, waves: bool, fault: str | None = None) -> Path:
+    tag = f"_{fault.lower()}" if fault else ""
+    return ROOT / "build" / f"{sim}_dw{data_width}{'_waves' if waves else ''}{tag}"
 
 
-def build(sim: str = "verilator", data_width: int = 256, waves: bool = False):
-    """Build once per (simulator, width, waves); a file lock keeps parallel pytest workers from racing."""
+def build(sim: str = "verilator", data_width: int = 256, waves: bool = False, fault: str | None = None):
+    """Build once per (simulator, width, waves, fault); a file lock keeps parallel pytest workers from racing."""
     from cocotb_tools.runner import get_runner
 
     if sim not in SIMULATORS:
         raise ValueError(f"unknown simulator {sim!r} (expected one of {SIMULATORS})")
     if data_width not in DATA_WIDTHS:
         raise ValueError(f"unsupported data width {data_width!r} (expected one of {DATA_WIDTHS})")
+    if fault is not None and fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r} (expected one of {', '.join(FAULTS)})")
     _prepare_env(sim)
-    bdir = build_dir(sim, data_width, waves)
+    bdir = build_dir(sim, data_width, waves, fault)
     bdir.mkdir(parents=True, exist_ok=True)
     runner = get_runner(sim)
     build_args = []
@@ -65,7 +71,8 @@ def build(sim: str = "verilator", data_width: int = 256, waves: bool = False):
         fcntl.flock(lock, fcntl.LOCK_EX)
         runner.build(
             sources=[str(s) for s in SOURCES], includes=[str(RTL)], hdl_toplevel="nic",
-            parameters={"AXIS_PCIE_DATA_WIDTH": data_width}, build_dir=str(bdir), build_args=build_args,
+            parameters={"AXIS_PCIE_DATA_WIDTH": data_width}, defines={fault: 1} if fault else {},
+            build_dir=str(bdir), build_args=build_args,
             waves=waves, always=False, timescale=("1ns", "1ps"),
         )
     return runner, bdir
@@ -73,13 +80,13 @@ def build(sim: str = "verilator", data_width: int = 256, waves: bool = False):
 
 def run(testcase: str | None = None, *, sim: str = "verilator", data_width: int = 256, module: str = "test_nic",
         env: dict[str, str] | None = None, waves: bool | None = None, test_dir: Path | None = None,
-        seed: int = 1) -> Path:
+        seed: int = 1, fault: str | None = None) -> Path:
     """Run cocotb test(s); raises SimulationFailed naming the failures. Returns the test directory."""
     from cocotb_tools.runner import get_results
 
     if waves is None:
         waves = os.environ.get("WAVES", "0") == "1"
-    runner, bdir = build(sim, data_width, waves)
+    runner, bdir = build(sim, data_width, waves, fault)
     tdir = Path(test_dir) if test_dir else bdir / "runs" / (testcase or module)
     tdir.mkdir(parents=True, exist_ok=True)
     extra_env = {"NIC_SIM": sim, "COCOTB_LOG_LEVEL": os.environ.get("COCOTB_LOG_LEVEL", "WARNING"),

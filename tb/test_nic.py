@@ -1,6 +1,5 @@
 """cocotb tests of the NIC: short stories on top of the TB class. Collected by tests/test_sim.py."""
 
-import itertools
 import os
 import struct
 
@@ -9,6 +8,7 @@ from cocotb.triggers import Combine, SimTimeoutError, Timer, with_timeout
 
 from host.driver import DriverConfig, NicError
 from phantom.trace import Direction, SemClass, TlpType
+from tb.host_model import get_host_profile
 from tb.nic_tb import TB
 
 SIZES = [60, 61, 63, 64, 65, 127, 128, 129, 255, 256, 511, 512, 1500, 1514, 4095, 4096, 4097, 9000]
@@ -429,11 +429,9 @@ async def split_near_4k(dut):
 async def credit_limit(dut):
     """The root complex's completion buffer shrunk and its delivery throttled: with the device told the limit,
     no completion is ever dropped and the reads it has outstanding never need more than the buffer."""
-    cplh, cpld = 16, 160   # 16 completions, 2.5 KB of data
-    tb = TB(dut)
+    tb = TB(dut, host_model=get_host_profile("tight-cpl"))
+    cplh, cpld = tb.host.cpl_buffer   # 16 completions, 2.5 KB of data, drained one cycle in four
     chk = live_checker(tb)
-    tb.dev.rx_buf_cplh_fc_limit, tb.dev.rx_buf_cpld_fc_limit = cplh, cpld
-    tb.dev.rc_source.set_pause_generator(itertools.cycle((1, 1, 1, 0)))
     await tb.init(DriverConfig(cpl_credits=(cplh, cpld)))
     frames = [frame(n, n) for n in (9000, 4000, 1500, 9000, 700)]
     await tb.driver.xmit_batch(frames)
@@ -463,9 +461,7 @@ async def credit_limit(dut):
 @cocotb.test()
 async def credit_limit_ignored_overflows(dut):
     """The control: the same shrunk buffer, the device left at the hard IP's full 32 KB: completions are lost."""
-    tb = TB(dut)
-    tb.dev.rx_buf_cplh_fc_limit, tb.dev.rx_buf_cpld_fc_limit = 16, 160
-    tb.dev.rc_source.set_pause_generator(itertools.cycle((1, 1, 1, 0)))
+    tb = TB(dut, host_model=get_host_profile("tight-cpl"))
     await tb.init(DriverConfig(cpl_timeout=5000))
     await tb.driver.xmit_batch([frame(9000, 1), frame(9000, 2)])
     await Timer(60, "us")

@@ -3,7 +3,7 @@
 import os
 
 import cocotb
-from cocotb.triggers import Combine
+from cocotb.triggers import Combine, SimTimeoutError, with_timeout
 from tqdm import tqdm
 
 from host.driver import DriverConfig
@@ -45,8 +45,16 @@ async def run_scenario(dut):
             assert got == want, f"RX frame {i}: host got {len(got)} bytes, expected {len(want)} (or data differs)"
             bar.update(1)
 
-    await Combine(cocotb.start_soon(host_tx()), cocotb.start_soon(wire_tx()),
-                  cocotb.start_soon(wire_rx()), cocotb.start_soon(host_rx()))
+    # a device that stops moving frames ends the run with what was left, never a hang
+    limit_us = float(os.environ.get("NIC_SIM_LIMIT_US", 50_000))
+    jobs = [cocotb.start_soon(c()) for c in (host_tx, wire_tx, wire_rx, host_rx)]
+    try:
+        await with_timeout(Combine(*jobs), limit_us, "us")
+    except SimTimeoutError:
+        for j in jobs:
+            j.cancel()
+        raise AssertionError(f"scenario {sc.name}: frames stopped moving after {limit_us:.0f} us of simulated time "
+                             f"({bar.n} of {len(tx) + len(rx)} frames done)") from None
     bar.close()
     stats = await tb.driver.stats()
     assert stats["tx_pkts"] == len(tx) and stats["rx_pkts"] == len(rx), stats
