@@ -37,6 +37,7 @@ class Request:
     first_token: float | None = None
     finished: float | None = None
     preemptions: int = 0
+    rejected: bool = False        # refused at arrival by the policy's admission control (never served)
     seq: int = 0                  # admission sequence number in the engine (set at each admission)
     dstart: int = 0               # engine decode step at which decoded/generated were last brought up to date
 

@@ -16,6 +16,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from serving.batch import DecodeSet
 from serving.engine.profiles import Profile
 from serving.policies.base import Policy
@@ -51,17 +53,32 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, policy: Policy, profile: Profile, predictor: MoPE | None = None):
+    """Iteration-level scheduler of one replica: `policy` orders the requests and owns the engine behaviour
+    (policy.behaviour), `profile` is the execution-time model (used for predictions and GPU-time attribution),
+    `predictor` predicts output lengths. attribute_gpu=False leaves GPU-second measurement to the caller
+    (an engine that measures it reports through the policy, e.g. EquinoxPolicy.record_measured)."""
+
+    def __init__(self, policy: Policy, profile: Profile, predictor: MoPE | None = None, attribute_gpu: bool = True):
         self.policy = policy
         self.b = policy.behaviour
         self.profile = profile
         self.predictor = predictor or MoPE()
+        self.attribute_gpu = attribute_gpu
+        self.bt = self.b.block_tokens             # KV allocation granularity (the engine's)
+        self.kv_capacity = profile.kv_capacity_tokens
         self.running: dict[int, Request] = {}     # rid -> request, admission order
         self.prefilling: list[Request] = []       # running requests still in prefill, admission order
-        self.dec = DecodeSet(profile.block_tokens)
+        self.dec = DecodeSet(self.bt)
+        # the admission test's view of each decoding request (S-LoRA's _can_add_new_req): with s decode steps
+        # run, remaining reserved output = F - s and tokens held = X + s; both fixed while it decodes
+        self._peak: dict[int, tuple[int, int]] = {}
+        self.rejected: list[Request] = []         # refused at arrival by the policy's admission control
+        # KV fits by construction (no preemption) when whole outputs are reserved token- or block-exactly
+        self._kv_guaranteed = self.b.reserve == "full" and (self.b.admission == "sum" or self.bt == 1)
+        bmt = self.b.batch_max_tokens
+        self.batch_max_tokens = max(self.kv_capacity // 6, 2048 + 1024) if bmt < 0 else bmt  # 0: no limit
         self.pre_kv = 0                           # KV tokens held by the prefilling requests
         self.running_by_client: dict[str, int] = defaultdict(int)
-        self.kv_capacity = profile.kv_capacity_tokens
         self.reserved = 0                         # tokens reserved by running requests
         self.decode_iters = 0                     # decode iterations since the last admission check
         self.decode_gpu = 0.0                     # GPU-seconds attributed to each decoding sequence so far (unweighted)
@@ -73,13 +90,37 @@ class Scheduler:
         self._seq = 0
 
     # arrivals -----------------------------------------------------------------------------------
-    def add_request(self, req: Request, now: float) -> None:
+    def add_request(self, req: Request, now: float) -> bool:
+        """A request arrives; False if the policy's admission control rejected it (req.rejected is set)."""
         first = self.policy.rep.get(req.client, req)  # the client's first request
         if first.weight != req.weight:
             raise RequestError(f"request {req.rid} ({req.client}): weight {req.weight} differs from the weight "
                                f"{first.weight} of the client's request {first.rid}; a client has one weight")
+        self.check_servable(req)
         self.w_of[req.client] = req.weight
+        if not self.policy.accept(req, now):
+            req.rejected = True
+            self.rejected.append(req)
+            return False
         self.policy.add(req, now, self.running_by_client)
+        return True
+
+    def check_servable(self, req: Request) -> None:
+        """Refuse a request this engine could never admit, even alone (it would wait forever)."""
+        cap, b = self.kv_capacity, self.b
+        total = req.prompt_tokens + req.max_output
+        if b.admission == "slora":
+            room = cap - b.adapter_kv_tokens
+            ok = total < room
+        else:
+            room = cap
+            ok = self._blocks(total) <= room
+        if not ok:
+            raise RequestError(f"request {req.rid} ({req.client}): {req.prompt_tokens}+{req.max_output} tokens can "
+                               f"never fit the KV cache of {room} tokens")
+        if self.batch_max_tokens and req.prompt_tokens > self.batch_max_tokens:
+            raise RequestError(f"request {req.rid} ({req.client}): prompt of {req.prompt_tokens} tokens exceeds the "
+                               f"engine's batch_max_tokens {self.batch_max_tokens}")
 
     def _predict(self, r: Request) -> float:
         """MoPE's output prediction for a waiting request, as it would be made now (recomputed only when the
@@ -101,13 +142,56 @@ class Scheduler:
 
     # KV accounting --------------------------------------------------------------------------------
     def _blocks(self, tokens: float) -> int:
-        bt = self.profile.block_tokens
+        bt = self.bt
         return int(math.ceil(tokens / bt)) * bt
 
+    def _reserved_output(self, req: Request) -> int:
+        """Output tokens the engine holds KV for: max_new_tokens, or the padded prediction (at least one more
+        than generated, at most max_new_tokens)."""
+        if self.b.reserve == "full":
+            return req.max_output
+        out = int(math.ceil(max(req.predicted_output * self.b.reserve_factor, 1.0)))
+        return min(max(out, req.generated + 1), req.max_output)
+
     def _reservation(self, req: Request) -> int:
-        out = req.max_output if self.b.reserve == "full" else \
-            min(max(req.predicted_output * self.b.reserve_factor, 1.0), req.max_output)
-        return self._blocks(req.prompt_tokens + out)
+        return self._blocks(req.prompt_tokens + self._reserved_output(req))
+
+    def slora_need(self, extra: list[tuple[int, int]]) -> int:
+        """S-LoRA's admission test (slora/server/router/req_queue.py, _can_add_new_req): with every request as
+        (tokens held, reserved output still to come), sorted by the latter descending, the KV the batch will
+        need at its peak is max_k(left_k * k + sum_{i<=k} held_i) (request k finishes while the k-1 before it
+        still grow). `extra`: (held, left) of requests not decoding yet (prefilling, candidates)."""
+        s = self.dec.steps
+        n = len(self._peak)
+        held = np.empty(n + len(extra))
+        left = np.empty(n + len(extra))
+        if n:
+            fx = np.array(list(self._peak.values()), dtype=float)  # (n, 2)
+            left[:n] = fx[:, 0] - s
+            held[:n] = fx[:, 1] + s
+        for j, (h, l) in enumerate(extra):
+            held[n + j], left[n + j] = h, l
+        order = np.argsort(-left, kind="stable")
+        lo = left[order]
+        need = lo * np.arange(1, len(lo) + 1) + np.cumsum(held[order])
+        return int(need.max()) if len(need) else 0
+
+    def _slora_entry(self, r: Request) -> tuple[int, int]:
+        """(held, left) of a request that has not started decoding, as S-LoRA counts a candidate:
+        (input + 1, max_new_tokens - 1) for a new one; a recomputed one holds its generated tokens too."""
+        return r.prompt_tokens + r.generated + 1, self._reserved_output(r) - r.generated - 1
+
+    def _start_decoding(self, r: Request) -> None:
+        self.dec.add(r)
+        r.gpu_mark = self.decode_gpu
+        if self.b.admission == "slora":
+            # left = R - generated_now - 1 = (R - generated + dstart - 1) - steps; held = kv + 1
+            self._peak[r.rid] = (self._reserved_output(r) - r.generated + r.dstart - 1,
+                                 r.prefilled + r.decoded - r.dstart + 1)
+
+    def _stop_decoding(self, r: Request) -> None:
+        self.dec.remove(r)
+        self._peak.pop(r.rid, None)
 
     @property
     def kv_total(self) -> int:
@@ -116,7 +200,7 @@ class Scheduler:
 
     def kv_used(self) -> int:
         """KV-cache tokens held now (block granular)."""
-        bt = self.profile.block_tokens
+        bt = self.bt
         return (self.dec.kv_blocks() + sum(-(-r.prefilled // bt) for r in self.prefilling)) * bt
 
     def batch(self) -> list[Request]:
@@ -139,29 +223,37 @@ class Scheduler:
                 out.prefills.append((r, c))
                 room -= c
             evicted = False
+            round_tokens = 0
             while room > 0 and self.policy.waiting and len(self.running) < self.b.max_batch:
                 head = self.policy.peek()
-                if not self._fits(head):
+                if not self._fits(head, round_tokens):
                     if self.b.fair_preempt and not evicted and self._fair_preempt(head, out, now):
                         evicted = True
                         continue
                     break
                 r = self._admit(now)
+                round_tokens += r.prefill_goal
                 out.admitted.append(r)
                 c = min(r.prefill_goal - r.prefilled, room)
                 out.prefills.append((r, c))
                 room -= c
         else:
-            # the VTC artifact's engine: new requests are looked at every `admit_every` decode steps (or when
-            # idle); admitted prompts are prefilled whole in an iteration of their own, pausing decodes
+            # the VTC artifact's engine (S-LoRA router, manager._step): when idle, or once `admit_every` decode
+            # steps have passed since the last admission, the policy's head requests are admitted while they pass
+            # the KV test (and batch_max_tokens), and prefilled whole in an iteration of their own that pauses
+            # decodes; when nothing could be admitted the engine decodes and tries again at the next step
             if self.prefilling:
                 out.prefills = [(r, r.prefill_goal - r.prefilled) for r in self.prefilling]
             elif self.policy.waiting and (not n_dec or self.decode_iters >= self.b.admit_every):
-                self.decode_iters = 0
-                while self.policy.waiting and len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
+                round_tokens = 0
+                while self.policy.waiting and len(self.running) < self.b.max_batch and \
+                        self._fits(self.policy.peek(), round_tokens):
                     r = self._admit(now)
+                    round_tokens += r.prefill_goal
                     out.admitted.append(r)
                     out.prefills.append((r, r.prefill_goal - r.prefilled))
+                if out.admitted:
+                    self.decode_iters = 0
             if not out.prefills:
                 out.decode = n_dec > 0
         self._make_room(out, now)
@@ -174,10 +266,21 @@ class Scheduler:
             out.decode_kv = self.dec.kv()
         return out
 
-    def _fits(self, req: Request) -> bool:
-        """Would the waiting request's reservation fit, with the prediction that admitting it now would use?"""
+    def _fits(self, req: Request, round_tokens: int = 0) -> bool:
+        """Would the waiting request pass the engine's admission test now (with the prediction that admitting it
+        now would use)? `round_tokens`: prompt tokens already admitted in this prefill batch."""
         self._predict(req)
-        return self.reserved + self._reservation(req) <= self.kv_capacity
+        b = self.b
+        if len(self.running) >= b.max_batch:
+            return False
+        if self.batch_max_tokens and round_tokens + req.prompt_tokens + req.generated > self.batch_max_tokens:
+            return False
+        if b.admission == "sum":
+            return self.reserved + self._reservation(req) <= self.kv_capacity
+        extra = [self._slora_entry(r) for r in self.prefilling]
+        extra.append(self._slora_entry(req))
+        clients = len(self.running_by_client) + (req.client not in self.running_by_client)
+        return self.slora_need(extra) < self.kv_capacity - b.adapter_kv_tokens * clients
 
     def _admit(self, now: float) -> Request:
         r = self.policy.pop(now)
@@ -196,6 +299,25 @@ class Scheduler:
             r.admitted = now
         self.policy.on_admit(r, now)
         return r
+
+    def _admission_possible(self) -> bool:
+        """Could some request be admitted at the next iteration? While decodes run, a counter-based policy's
+        head may change (counters grow), so unless the policy's head is fixed, every waiting client's head
+        counts; the KV test only loosens when a request finishes, so False holds until then."""
+        pol = self.policy
+        if len(self.running) >= self.b.max_batch:
+            return False
+        if not pol.head_moves_on_decode:
+            return self._fits(pol.peek())
+        heads = [q[0] for q in pol.queues.values() if q]
+        if self.b.admission == "sum":
+            return any(self._fits(h) for h in heads)
+        # S-LoRA's need grows with a candidate's held and remaining tokens: if the smallest of each (over all
+        # heads, as if its client already ran) does not fit, no head does
+        held = min(h.prompt_tokens + h.generated + 1 for h in heads)
+        left = min(self._reserved_output(h) - h.generated - 1 for h in heads if self._predict(h) or True)
+        extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
+        return self.slora_need(extra) < self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)
 
     def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
         """The head request waits for KV room while a client far ahead of it in the policy's order holds the
@@ -220,10 +342,10 @@ class Scheduler:
 
     def _make_room(self, out: SchedulerOutput, now: float) -> None:
         """Preempt the latest-admitted requests while this iteration would overflow the KV cache."""
-        if self.b.reserve == "full":
+        if self._kv_guaranteed:
             return  # every admitted request holds a reservation for its whole output: it always fits
 
-        bt = self.profile.block_tokens
+        bt = self.bt
         ahead = 1 if out.decode else 0
         grow_total = sum(c for _, c in out.prefills) + ahead * len(self.dec)
         if self.kv_total + grow_total + len(self.running) * (bt - 1) <= self.kv_capacity:
@@ -248,7 +370,7 @@ class Scheduler:
             del rbc[r.client]
 
     def _leave_decoding(self, r: Request) -> None:
-        self.dec.remove(r)
+        self._stop_decoding(r)
         r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
 
     def _evict(self, r: Request, now: float) -> None:
@@ -284,16 +406,20 @@ class Scheduler:
         k = self.dec.steps_to_next_finish()
         if self.policy.waiting:
             if self.b.chunked_prefill:
-                if len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
-                    return 1  # the head request could be admitted next iteration
+                if self._admission_possible():
+                    return 1  # a head request could be admitted next iteration
                 # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops
                 # there), unless fair preemption makes room: it is looked at again every few steps
                 if self.b.fair_preempt:
                     k = min(k, FAIR_PREEMPT_CHECK_STEPS)
-            else:
-                k = min(k, max(self.b.admit_every - self.decode_iters, 1))
-        if self.b.reserve != "full":
-            bt, n = self.profile.block_tokens, max(out.n_decode, 1)
+            elif self.decode_iters < self.b.admit_every:
+                k = min(k, self.b.admit_every - self.decode_iters)  # until the next admission point
+            elif self._admission_possible():
+                return 1  # a head request passes the test now: it is admitted at the next iteration
+            # otherwise the head stays blocked until a request finishes (the KV test and the batch size change
+            # only then) or a request arrives (the caller stops the fold there)
+        if not self._kv_guaranteed:
+            bt, n = self.bt, max(out.n_decode, 1)
             # KV room for the fold: a cheap lower bound on the free space first, the exact one when it binds
             free = self.kv_capacity - self.kv_total - len(self.running) * (bt - 1)
             if free // n - bt < k:
@@ -310,8 +436,8 @@ class Scheduler:
         k = (r.prefill_goal - r.prefilled - 1) // c  # full chunks that leave the prompt unfinished
         if out.decode:
             k = min(k, self.dec.steps_to_next_finish())
-        if k > 1 and self.b.reserve != "full":
-            bt = self.profile.block_tokens
+        if k > 1 and not self._kv_guaranteed:
+            bt = self.bt
             grow = c + out.n_decode  # KV tokens added per iteration
             k = min(k, (self.kv_capacity - self.kv_total - len(self.running) * (bt - 1)) // grow)
         return max(int(k), 1)
@@ -360,16 +486,17 @@ class Scheduler:
                 if r.generated >= r.output_tokens:
                     done.append(r)
                 else:
-                    dec.add(r)
-                    r.gpu_mark = self.decode_gpu
+                    self._start_decoding(r)
         self.policy.on_step(tokens, gpu, now)
         used = self.gpu_used
         for c, g in gpu.items():
             used[c] += g
         if self.b.adaptive and out.decode:
             self._adapt(dt / k, k, bool(out.preempted))
+        peak = self._peak
         for r in dec.pop_finished():
             r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+            peak.pop(r.rid, None)
             done.append(r)
         if not done:
             return tokens

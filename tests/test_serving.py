@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from serving.engine.behaviour import get_engine
 from serving.engine.profiles import get_profile
 from serving.engine.simulator import Simulator
 from serving.metrics import jain, summarize, vtc_bound
@@ -56,30 +57,62 @@ def test_vtc_lift_to_min_of_waiting_clients():
     assert p.counter["c"] == 0.0
 
 
-def test_vtc_lift_when_no_other_client_waits():
+def test_vtc_lift_only_against_waiting_clients():
+    """The artifact lifts against clients with waiting requests only: with nobody else waiting, clients that
+    merely have requests running do not lift the newcomer (vtc_req_queue.py append())."""
     p = make_policy("vtc")
     p.counter.update({"a": 5.0, "b": 40.0, "c": 90.0})
-    # nobody waits; b and c have requests running: lift to the minimum running counter (40)
     p.add(R(0, "a", 0.0, 1, 1), 0.0, {"b": 1, "c": 2, "a": 0})
-    assert p.counter["a"] == 40.0
-    # nobody waits and nobody else runs: the counter is kept
-    q = make_policy("vtc")
-    q.counter["a"] = 5.0
-    q.add(R(0, "a", 0.0, 1, 1), 0.0, {"a": 1})
-    assert q.counter["a"] == 5.0
+    assert p.counter["a"] == 5.0
+    p.add(R(1, "b", 0.0, 1, 1), 0.0, {"c": 2})   # a waits now: b (40) is not lowered to a's 5
+    assert p.counter["b"] == 40.0
+    p.counter["c"] = 1.0
+    p.add(R(2, "c", 0.0, 1, 1), 0.0, {})         # a (5) and b (40) wait: c is lifted to 5
+    assert p.counter["c"] == 5.0
+    lcf = make_policy("lcf")                     # least counter first: the same counter, never lifted
+    lcf.counter.update({"a": 50.0, "b": 1.0})
+    lcf.add(R(0, "a", 0.0, 1, 1), 0.0, {})
+    lcf.add(R(1, "b", 0.0, 1, 1), 0.0, {})
+    assert lcf.counter["b"] == 1.0 and lcf.pop(0.0).client == "b"
 
 
-def test_vtc_predicted_corrects_to_actual():
+def test_vtc_ties_go_to_the_client_seen_first():
+    p = make_policy("vtc")
+    for i, c in enumerate(["zed", "amy", "bob"]):
+        p.add(R(i, c, 0.0, 1, 1), 0.0, {})
+    assert [p.pop(0.0).client for _ in range(3)] == ["zed", "amy", "bob"]
+
+
+def test_vtc_predicted_charges_prediction_then_overrun_and_refund():
+    """vtc-pred (the artifact's vtc_pred_len_req_queue): prompt + the client's predicted output at admission;
+    tokens beyond it as produced; the unused prediction refunded at completion; window-5 average."""
     p = make_policy("vtc-pred")
     r = R(0, "a", 0.0, 10, 30)
-    r.predicted_output = 20.0
     p.add(r, 0.0, {})
     p.pop(0.0)
     p.on_admit(r, 0.0)
-    assert p.counter["a"] == 10 + 2 * 20
-    p.on_tokens(r, 30, 1.0)
-    p.on_finish(r, 1.0)
+    assert p.counter["a"] == 10                  # no history: predicted 0
+    p.on_step({"a": 30}, {}, 1.0)
     assert p.counter["a"] == 10 + 2 * 30
+    p.on_finish(r, 1.0)
+    assert p.predict_len["a"] == 30.0            # the first output sets the prediction
+    r2 = R(1, "a", 2.0, 10, 5)
+    p.add(r2, 2.0, {})
+    p.pop(2.0)
+    p.on_admit(r2, 2.0)
+    assert p.counter["a"] == 70 + 10 + 2 * 30    # prompt + predicted 30
+    p.on_step({"a": 5}, {}, 3.0)
+    assert p.counter["a"] == 140                 # within the prediction: nothing more
+    p.on_finish(r2, 3.0)
+    assert p.counter["a"] == 140 - 2 * 25        # 25 predicted tokens never produced: refunded
+    assert p.predict_len["a"] == pytest.approx((30 * 4 + 5) / 5)
+    o = make_policy("vtc-oracle")                # the oracle: the whole output at admission, nothing after
+    r3 = R(2, "b", 0.0, 10, 7, max_new_tokens=9)
+    o.add(r3, 0.0, {})
+    o.pop(0.0)
+    o.on_admit(r3, 0.0)
+    o.on_step({"b": 7}, {}, 1.0)
+    assert o.counter["b"] == 10 + 2 * 9
 
 
 # fairness on the VTC suites -------------------------------------------------------------------------
@@ -116,7 +149,7 @@ def test_vtc_charges_a_prompt_once_across_preemptions():
         p.pop(0.0).predicted_output = 10.0
         p.on_admit(r, 0.0)
         charged = p.counter["a"]
-        assert charged == (120.0 if name == "vtc-pred" else 100.0)
+        assert charged == 100.0             # (vtc-pred: no history yet, predicted 0)
         r.preemptions = 1                   # the engine evicted it: back to the head of the queue
         p.on_evict(r)
         p.requeue_front(r, {}, 1.0)
@@ -133,20 +166,23 @@ def test_weighted_vtc_serves_in_proportion():
     assert 1.6 < served["client1"] / served["client0"] < 2.4, served
 
 
-def test_equinox_with_beta_zero_is_vtc():
-    wl = suite_workload("proportional", duration=120.0)
-    beh = dict(EngineBehaviour(chunked_prefill=False, admit_every=10, reserve="full").__dict__)
-    a = simulate(wl.requests, "vtc", "a10g-llama-7b")
-    b = simulate(wl.requests, "equinox", "a10g-llama-7b", behaviour=beh,
-                 policy_kw={"config": EquinoxConfig(alpha=1.0, beta=0.0, latency_weight=0.0)})
-    order_a = sorted((r.admitted, r.rid) for r in a.requests)
-    order_b = sorted((r.admitted, r.rid) for r in b.requests)
+@pytest.mark.parametrize("engine", ["artifact", "equinox"])
+@pytest.mark.parametrize("workload", ["lmsys", "sharegpt"])
+def test_equinox_with_beta_and_lambda_zero_is_vtc(workload, engine):
+    """Equinox(beta=0, lambda=0) orders clients by VTC's counter: on the same engine every admission happens
+    in the same order at the same time as VTC's (the heap never mixes keys of different scales)."""
+    kw = {"n": 1500, "rate": 3.0} if workload == "sharegpt" else {}
+    wl = load_workload(workload, **kw)
+    beh = get_engine(engine)
+    a = simulate(wl.requests, "vtc", "a100-llama2-7b" if workload == "sharegpt" else "a10g-llama-7b", engine=beh)
+    b = simulate(wl.requests, "equinox", "a100-llama2-7b" if workload == "sharegpt" else "a10g-llama-7b",
+                 engine=beh, policy_kw={"config": EquinoxConfig(alpha=1.0, beta=0.0, latency_weight=0.0)})
+    order_a = [(r.admitted, r.rid) for r in sorted(a.requests, key=lambda r: (r.admitted, r.seq))]
+    order_b = [(r.admitted, r.rid) for r in sorted(b.requests, key=lambda r: (r.admitted, r.seq))]
     assert order_a == order_b
-    # while the resource and latency terms do change it where requests differ in cost (the test can fail)
-    wl2 = suite_workload("poisson_short_long", duration=60.0)
-    v = simulate(wl2.requests, "vtc", "a10g-llama-7b")
-    e = simulate(wl2.requests, "equinox", "a10g-llama-7b", behaviour=beh)
-    assert sorted((r.admitted, r.rid) for r in e.requests) != sorted((r.admitted, r.rid) for r in v.requests)
+    # while the resource and latency terms do change it (the test can fail)
+    e = simulate(wl.requests, "equinox", "a100-llama2-7b" if workload == "sharegpt" else "a10g-llama-7b", engine=beh)
+    assert [(r.admitted, r.rid) for r in sorted(e.requests, key=lambda r: (r.admitted, r.seq))] != order_a
 
 
 def test_equinox_resource_counter_by_hand():
@@ -212,7 +248,7 @@ def _run_checked(requests, policy, profile, behaviour=None):
     sched = Scheduler(pol, prof)
     orig_schedule, orig_update = sched.schedule, sched.update_from_output
     seen = {"iters": 0, "max_tokens": 0, "folded_prefill": 0}
-    bt = prof.block_tokens
+    bt = pol.behaviour.block_tokens
 
     def explicit():
         batch = sched.batch()

@@ -31,14 +31,14 @@ class Profile:
     iter_overhead_s: float      # fixed per-iteration overhead
     seq_overhead_s: float       # per sequence in the batch (LoRA/adapters, sampling, bookkeeping)
     kv_capacity_tokens: int     # KV cache size in tokens
-    block_tokens: int = 16      # KV block size
 
     def __post_init__(self) -> None:
         for name in ("params", "weight_bytes", "kv_bytes_per_token", "hbm_bw", "peak_flops", "mfu"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"profile {self.name}: {name} must be positive, got {getattr(self, name)!r}")
-        if self.kv_capacity_tokens < self.block_tokens:
-            raise ValueError(f"profile {self.name}: KV capacity {self.kv_capacity_tokens} below one block")
+        if not isinstance(self.kv_capacity_tokens, int) or self.kv_capacity_tokens < 16:
+            raise ValueError(f"profile {self.name}: KV capacity must be an integer >= 16 tokens, "
+                             f"got {self.kv_capacity_tokens!r}")
 
     def compute_time(self, prefill_chunks: list[tuple[int, int]], n_decode: int) -> float:
         """prefill_chunks: (tokens in chunk, context tokens before it)."""

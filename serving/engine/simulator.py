@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from serving.engine.profiles import Profile
-from serving.request import Request, RequestError
+from serving.request import Request
 from serving.scheduler import Scheduler
 
 
@@ -46,11 +46,8 @@ class Simulator:
         self.s = scheduler
         self.p: Profile = scheduler.profile
         self.reqs = sorted(requests, key=lambda r: (r.arrival, r.rid))
-        cap = scheduler.kv_capacity
         for r in self.reqs:
-            if r.prompt_tokens + r.max_output > cap:
-                raise RequestError(f"request {r.rid} ({r.client}): {r.prompt_tokens}+{r.max_output} tokens can "
-                                   f"never fit the KV cache of {cap} tokens")
+            scheduler.check_servable(r)  # before the run: nothing that could wait forever starts
         self.clients = sorted({r.client for r in self.reqs})
         self.sample_dt = sample_dt
         self._scan = (0, -1)   # (where the last arrival scan stopped, the policy's backlog log length then)
