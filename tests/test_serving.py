@@ -498,11 +498,11 @@ def test_trace_files(tmp_path):
     csvf.write_text("t,client,in,out\n0.5,x,10,20\n")
     assert load_trace_file(csvf).requests[0].output_tokens == 20
     cases = {
-        "neg.jsonl": ('{"t": 0, "client": "a", "in": -1, "out": 7}\n', ":1: fields 'in' and 'out'"),
+        "neg.jsonl": ('{"t": 0, "client": "a", "in": -1, "out": 7}\n', ":1: field 'in' must be >= 1, got -1"),
         "missing.jsonl": ('{"t": 0, "client": "a", "in": 1}\n', ":1: field 'out' missing"),
         "bad.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1}\n{oops\n', ":2: malformed JSON"),
         "w.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": -2}\n', "field 'weight' must be positive"),
-        "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: fields t/in/out must be numbers"),
+        "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: field 't' must be a number, got 'soon'"),
         "obj.json": (json.dumps({"t": 0}), "expected a JSON list"),
         "dl.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "deadline": 0}\n', "field 'deadline' must be positive"),
         "w2.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": 1}\n'
