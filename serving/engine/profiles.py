@@ -17,7 +17,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Profile:
-    """Model + GPU constants; see docs/engine-calibration.md for sources and the A10G fit."""
+    """Model + GPU constants and the iteration cost model built from them; see docs/engine-calibration.md.
+
+    One iteration with prefill chunks (c tokens after ctx tokens of context each) and n decoding sequences that
+    attend to KV tokens in total costs
+        t = iter_overhead + seq_overhead * sequences + max(compute, memory)
+        compute = tok_s * (prefill tokens + n) + attn_s * sum(c * (ctx + c / 2))
+        memory  = weight_s + kv_s * KV
+    The four rates default to the hardware figures (tok_s = 2 params / (peak * MFU), attn_s = 4 layers hidden /
+    (peak * MFU), weight_s = weight bytes / HBM bandwidth, kv_s = KV bytes per token / HBM bandwidth); a fitted
+    profile gives them directly (Vidur-style: every term fitted to measured timings)."""
 
     name: str
     params: float               # model parameters
@@ -28,9 +37,14 @@ class Profile:
     hbm_bw: float               # bytes/s achievable
     peak_flops: float           # fp16 tensor FLOP/s
     mfu: float                  # achievable fraction of peak in GEMMs
-    iter_overhead_s: float      # fixed per-iteration overhead
-    seq_overhead_s: float       # per sequence in the batch (LoRA/adapters, sampling, bookkeeping)
+    iter_overhead_s: float      # fixed per-iteration overhead (scheduler, launches, sampling)
+    seq_overhead_s: float       # per sequence in the iteration (LoRA/adapters, sampling, bookkeeping)
     kv_capacity_tokens: int     # KV cache size in tokens
+    tok_s: float | None = None      # GEMM seconds per token processed (None: from params, peak, MFU)
+    attn_s: float | None = None     # prefill attention seconds per (token x context token) unit
+    weight_s: float | None = None   # seconds to read the weights once
+    kv_s: float | None = None       # seconds to read one token's KV in a decode
+    fitted: str = ""                # where fitted rates come from (docs/engine-calibration.md)
 
     def __post_init__(self) -> None:
         for name in ("params", "weight_bytes", "kv_bytes_per_token", "hbm_bw", "peak_flops", "mfu"):
@@ -39,26 +53,36 @@ class Profile:
         if not isinstance(self.kv_capacity_tokens, int) or self.kv_capacity_tokens < 16:
             raise ValueError(f"profile {self.name}: KV capacity must be an integer >= 16 tokens, "
                              f"got {self.kv_capacity_tokens!r}")
+        derived = {"tok_s": 2 * self.params / (self.peak_flops * self.mfu),
+                   "attn_s": 4 * self.layers * self.hidden / (self.peak_flops * self.mfu),
+                   "weight_s": self.weight_bytes / self.hbm_bw, "kv_s": self.kv_bytes_per_token / self.hbm_bw}
+        for k, v in derived.items():
+            if getattr(self, k) is None:
+                object.__setattr__(self, k, v)
+            elif not getattr(self, k) >= 0:
+                raise ValueError(f"profile {self.name}: {k} must be >= 0, got {getattr(self, k)!r}")
+        for k in ("iter_overhead_s", "seq_overhead_s"):
+            if not getattr(self, k) >= 0:
+                raise ValueError(f"profile {self.name}: {k} must be >= 0, got {getattr(self, k)!r}")
 
     def compute_time(self, prefill_chunks: list[tuple[int, int]], n_decode: int) -> float:
         """prefill_chunks: (tokens in chunk, context tokens before it)."""
         tok = n_decode + sum(c for c, _ in prefill_chunks)
-        attn = sum(4 * self.layers * self.hidden * c * (ctx + c / 2) for c, ctx in prefill_chunks)
-        return (2 * self.params * tok + attn) / (self.peak_flops * self.mfu)
+        attn = sum(c * (ctx + c / 2) for c, ctx in prefill_chunks)
+        return self.tok_s * tok + self.attn_s * attn
 
     def memory_time(self, decode_kv_tokens: int) -> float:
-        return (self.weight_bytes + self.kv_bytes_per_token * decode_kv_tokens) / self.hbm_bw
+        return self.weight_s + self.kv_s * decode_kv_tokens
 
     def iteration(self, prefill_chunks: list[tuple[int, int]], n_decode: int, decode_kv_tokens: int) -> tuple[float, float]:
         """(seconds, GPU utilisation) of one iteration (compute_time and memory_time, inlined: the hot path)."""
-        tok, attn = n_decode, 0
-        lh4 = 4 * self.layers * self.hidden
+        tok, attn = n_decode, 0.0
         for c, ctx in prefill_chunks:
             tok += c
-            attn += lh4 * c * (ctx + c / 2)
-        comp = (2 * self.params * tok + attn) / (self.peak_flops * self.mfu)
-        mem = (self.weight_bytes + self.kv_bytes_per_token * decode_kv_tokens) / self.hbm_bw
-        t = max(comp, mem) + self.iter_overhead_s + self.seq_overhead_s * (n_decode + len(prefill_chunks))
+            attn += c * (ctx + c / 2)
+        comp = self.tok_s * tok + self.attn_s * attn
+        mem = self.weight_s + self.kv_s * decode_kv_tokens
+        t = (comp if comp > mem else mem) + self.iter_overhead_s + self.seq_overhead_s * (n_decode + len(prefill_chunks))
         return t, comp / t
 
     def chunk_steps(self, chunk: int, ctx0: int, n: int, kv0: int, k: int,
@@ -83,10 +107,10 @@ class Profile:
         in closed form, so a fold of any length costs O(1)."""
         if k <= 0:
             return 0.0
-        c = 2 * self.params * n / (self.peak_flops * self.mfu)
+        c = self.tok_s * n
         fixed = self.iter_overhead_s + self.seq_overhead_s * n
         m0 = self.memory_time(kv0)
-        d = self.kv_bytes_per_token * n / self.hbm_bw
+        d = self.kv_s * n
         if m0 >= c:  # memory bound from the first step on (the usual decode case)
             js = 0
         elif d <= 0:
@@ -102,11 +126,11 @@ class Profile:
         """The most decode steps (at least 1, at most k) of n sequences from kv0 whose total time fits `limit`."""
         if k <= 1 or self.decode_steps_time(n, kv0, k) <= limit:
             return max(k, 1)
-        c = 2 * self.params * n / (self.peak_flops * self.mfu)
+        c = self.tok_s * n
         m0 = self.memory_time(kv0)
         if m0 >= c:  # memory bound: the total is quadratic in j; solve, then settle the rounding
             a = m0 + self.iter_overhead_s + self.seq_overhead_s * n
-            b = self.kv_bytes_per_token * n / self.hbm_bw
+            b = self.kv_s * n
             j = int(limit / a) if b <= 0 else int((-(a - b / 2) + math.sqrt((a - b / 2) ** 2 + 2 * b * limit)) / b)
             j = min(max(j, 1), k)
             while j > 1 and self.decode_steps_time(n, kv0, j) > limit:
@@ -137,11 +161,13 @@ PROFILES: dict[ProfileName, Profile] = {
     ProfileName.A100_LLAMA2_7B: Profile("A100 Llama-2-7B", hbm_bw=1.4e12, peak_flops=312e12, mfu=0.5,
                                         iter_overhead_s=2.0e-3, seq_overhead_s=2.0e-5, kv_capacity_tokens=100_000,
                                         **_LLAMA7B),
-    # A10G-24GB: 600 GB/s nominal, 125 TFLOP/s fp16 tensor (AWS g5). VTC artifact: S-LoRA engine, KV pool of
-    # 10,000 tokens. Overheads fitted to the artifact's measured throughput (docs/engine-calibration.md).
+    # A10G-24GB running S-LoRA as the VTC artifact does (KV pool of 10,000 tokens): the six cost terms fitted to
+    # the artifact's measured runs (sim_scripts/calibrate_a10g.py --refit; docs/engine-calibration.md). The
+    # hardware constants stay as documentation (600 GB/s, 125 TFLOP/s fp16); the fitted terms replace them.
     ProfileName.A10G_LLAMA_7B: Profile("A10G Llama-7B (S-LoRA)", hbm_bw=0.6e12, peak_flops=125e12, mfu=0.6,
-                                       iter_overhead_s=9.0e-3, seq_overhead_s=0.0, kv_capacity_tokens=10_000,
-                                       **_LLAMA7B),
+                                       iter_overhead_s=0.02567, seq_overhead_s=0.0001094, kv_capacity_tokens=10_000,
+                                       weight_s=0.003985, kv_s=1.076e-06, tok_s=0.0002119, attn_s=7.137e-07,
+                                       fitted="VTC artifact, 12 measured runs (fit x0.99)", **_LLAMA7B),
 }
 
 
