@@ -27,6 +27,15 @@ def latency_jain(requests) -> float:
     return jain(np.array([np.mean(v) for v in per.values()])) if len(per) > 1 else float("nan")
 
 
+def ttft_jain(requests) -> float:
+    """Jain's index over clients of their mean time to first token."""
+    per: dict[str, list[float]] = {}
+    for r in requests:
+        if r.first_token is not None:
+            per.setdefault(r.client, []).append(r.first_token - r.arrival)
+    return jain(np.array([np.mean(v) for v in per.values()])) if len(per) > 1 else float("nan")
+
+
 def vtc_bound(max_input: int, batch_tokens: int, w_p: float = 1.0, w_q: float = 2.0) -> float:
     """VTC's bound (Sheng et al., Thm. 4.4) on the service difference between backlogged clients:
     2 * max(w_p * L_input, w_q * M), L_input the longest prompt, M the most tokens a running batch can hold."""
@@ -34,12 +43,45 @@ def vtc_bound(max_input: int, batch_tokens: int, w_p: float = 1.0, w_q: float = 
 
 
 def max_service_gap(res: SimResult) -> float:
-    """Largest |(S_f - S_g) change| over any interval in which clients f and g are both continuously backlogged,
-    S being service over the client's weight (the quantity VTC's bound is about)."""
+    """An upper bound on the largest difference in weighted service (service over weight) two clients receive
+    over an interval in which both are continuously backlogged: the quantity VTC's bound is about. O(T x C).
+
+    Over each sample interval the fair share dV is the service per unit weight the clients backlogged over it
+    received together; a client's lag L grows by its own service per weight minus dV. For clients f, g both
+    backlogged over [t1, t2], dS_f/w_f - dS_g/w_g = dL_f - dL_g <= (largest rise of any client's lag within one
+    of its backlogged runs) + (largest fall), which is what is returned (max_service_gap_pairs gives the exact
+    pairwise figure in O(T x C^2); with two equally weighted clients always backlogged the two agree)."""
     if len(res.samples_t) < 2:
         return 0.0
-    S = np.vstack(res.samples_service) / _weights(res)   # (T, C)
-    B = np.vstack(res.samples_backlog)   # (T, C)
+    w = _weights(res)
+    S = np.asarray(res.samples_service)                  # (T, C) raw service
+    B = np.asarray(res.samples_backlog, bool)            # (T, C)
+    both = B[1:] & B[:-1]                                # (T-1, C) backlogged over the interval
+    dS = np.diff(S, axis=0)                              # (T-1, C)
+    tot_w = (both * w).sum(axis=1)                       # (T-1,)
+    dV = np.where(tot_w > 0, (dS * both).sum(axis=1) / np.maximum(tot_w, 1e-300), 0.0)
+    dL = dS / w - dV[:, None]                            # (T-1, C)
+    C = S.shape[1]
+    cur, lo, hi = np.zeros(C), np.zeros(C), np.zeros(C)
+    rise = fall = 0.0
+    for k in range(len(dL)):
+        b = both[k]
+        cur = np.where(b, cur + dL[k], 0.0)              # lag since the run began (a new run starts at 0)
+        lo = np.where(b, np.minimum(lo, cur), 0.0)
+        hi = np.where(b, np.maximum(hi, cur), 0.0)
+        if b.any():
+            rise = max(rise, float((cur - lo).max()))
+            fall = max(fall, float((hi - cur).max()))
+    return rise + fall
+
+
+def max_service_gap_pairs(res: SimResult) -> float:
+    """The exact largest |(S_f - S_g) change| (service over weight) over any interval in which f and g are both
+    backlogged at every sample, pair by pair: O(T x C^2), for checking max_service_gap on small runs."""
+    if len(res.samples_t) < 2:
+        return 0.0
+    S = np.asarray(res.samples_service) / _weights(res)
+    B = np.asarray(res.samples_backlog, bool)
     worst = 0.0
     C = S.shape[1]
     for f in range(C):
@@ -48,10 +90,8 @@ def max_service_gap(res: SimResult) -> float:
             if not both.any():
                 continue
             d = S[:, f] - S[:, g]
-            # split into runs of consecutive samples where both are backlogged
             idx = np.flatnonzero(both)
-            breaks = np.flatnonzero(np.diff(idx) > 1)
-            for run in np.split(idx, breaks + 1):
+            for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
                 seg = d[run]
                 worst = max(worst, float(seg.max() - seg.min()))
     return worst
@@ -59,12 +99,18 @@ def max_service_gap(res: SimResult) -> float:
 
 def windowed_service(res: SimResult, window: float = 10.0, resource: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(window end times, service per client per second in each window); resource=True: weighted GPU-seconds."""
+    if not window > 0:
+        raise ValueError(f"window must be positive seconds, got {window!r}")
     t = np.asarray(res.samples_t)
-    S = np.vstack(res.samples_gpu if resource else res.samples_service)
+    S = np.asarray(res.samples_gpu if resource else res.samples_service)
     edges = np.arange(0, t[-1] + window, window)
     # samples fall where the simulator's steps end (a folded step can span seconds): the accumulated service at
     # each window edge is interpolated between the samples around it (exact while the service rate is constant)
-    acc = np.column_stack([np.interp(edges, t, S[:, c]) for c in range(S.shape[1])])
+    pos = np.clip(np.searchsorted(t, edges, side="right") - 1, 0, len(t) - 1)
+    nxt = np.minimum(pos + 1, len(t) - 1)
+    span = t[nxt] - t[pos]
+    frac = np.where(span > 0, np.clip((edges - t[pos]) / np.where(span > 0, span, 1.0), 0.0, 1.0), 0.0)
+    acc = S[pos] + (S[nxt] - S[pos]) * frac[:, None]                       # (edges, C), as np.interp per column
     return edges[1:], np.diff(acc, axis=0) / window
 
 
@@ -135,10 +181,15 @@ class Summary:
     latency_mean: float
     tbt_p50: float
     tbt_p99: float
-    jain: float                      # mean Jain's index over 10 s windows with >= 2 backlogged clients (NaN: no contention)
+    jain: float                      # mean Jain's index over the windows with >= 2 backlogged clients (NaN: none)
     jain_all: float                  # Jain over each client's weighted service per second of activity, whole run
     contended: float                 # fraction of windows with >= 2 backlogged clients
+    windows: int                     # windows of the run (window seconds each)
+    contended_windows: int           # of them, with >= 2 backlogged clients (what jain and jain_resource rest on)
+    window_s: float                  # window length
     jain_latency: float              # Jain over clients' mean normalised latency (s per output token)
+    jain_ttft: float                 # Jain over clients' mean TTFT
+    rejected: int                    # requests refused at arrival (rate limits)
     jain_resource: float             # like jain, over weighted GPU-seconds instead of token service
     deadline_attainment: float       # share of requests with a deadline that finished within it (NaN: none had one)
     max_gap: float                   # max accumulated-service difference between backlogged clients
@@ -151,7 +202,9 @@ class Summary:
     ttft_by_client: dict
 
 
-def summarize(res: SimResult) -> Summary:
+def summarize(res: SimResult, window: float = 10.0) -> Summary:
+    if not window > 0:
+        raise ValueError(f"window must be positive seconds, got {window!r}")
     done = [r for r in res.requests if r.finished is not None]
     ttft = np.array([r.ttft for r in done]) if done else np.array([np.nan])
     lat = np.array([r.latency for r in done]) if done else np.array([np.nan])
@@ -166,8 +219,8 @@ def summarize(res: SimResult) -> Summary:
     else:
         tbt50 = tbt99 = float("nan")
     # per-client service rate while active (weighted): fairness of what each got when it wanted service
-    S = np.vstack(res.samples_service)
-    A = np.vstack(res.samples_active)
+    S = np.asarray(res.samples_service)
+    A = np.asarray(res.samples_active, bool)
     t = np.asarray(res.samples_t)
     dt = np.diff(np.concatenate([[0.0], t]))
     active_time = (A * dt[:, None]).sum(axis=0)
@@ -179,8 +232,8 @@ def summarize(res: SimResult) -> Summary:
             by_client[c] = {"n": int(len(x)), "mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
                             "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}
     max_in = max(r.prompt_tokens for r in res.requests)
-    _, jt = jain_over_time(res)
-    _, jr = jain_over_time(res, resource=True)
+    _, jt = jain_over_time(res, window)
+    _, jr = jain_over_time(res, window, resource=True)
     return Summary(
         requests=len(res.requests), finished=len(done), makespan_s=res.makespan,
         throughput_req_s=len(done) / res.makespan if res.makespan else 0.0,
@@ -190,7 +243,8 @@ def summarize(res: SimResult) -> Summary:
         latency_mean=float(np.nanmean(lat)), tbt_p50=tbt50, tbt_p99=tbt99,
         jain=float(np.nanmean(jt)) if np.isfinite(jt).any() else float("nan"),
         jain_all=jain(rate[active_time > 0]), contended=float(np.isfinite(jt).mean()) if len(jt) else 0.0,
-        jain_latency=latency_jain(res.requests),
+        windows=len(jt), contended_windows=int(np.isfinite(jt).sum()), window_s=float(window),
+        jain_latency=latency_jain(res.requests), jain_ttft=ttft_jain(res.requests), rejected=res.rejected,
         jain_resource=float(np.nanmean(jr)) if np.isfinite(jr).any() else float("nan"),
         deadline_attainment=_attainment(res.requests),
         max_gap=max_service_gap(res), vtc_bound=vtc_bound(max_in, res.kv_capacity),

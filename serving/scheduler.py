@@ -86,6 +86,7 @@ class Scheduler:
         self.preemptions = 0
         self.finished: list[Request] = []
         self.gpu_used: dict[str, float] = defaultdict(float)  # weighted GPU-seconds attributed per client
+        self.last_gpu: dict[str, float] = {}      # the last update's attribution per client
         self.w_of: dict[str, float] = {}          # client -> weight (a client has one)
         self._seq = 0
 
@@ -371,7 +372,8 @@ class Scheduler:
 
     def _leave_decoding(self, r: Request) -> None:
         self._stop_decoding(r)
-        r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+        if self.attribute_gpu:
+            r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
 
     def _evict(self, r: Request, now: float) -> None:
         if r in self.dec:
@@ -473,7 +475,8 @@ class Scheduler:
             r.prefilled += c
             self.pre_kv += c
             g = dt * c / total / r.weight
-            r.gpu_s += g
+            if self.attribute_gpu:
+                r.gpu_s += g
             client = r.client
             gpu[client] = gpu.get(client, 0.0) + g
             if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token and starts decoding
@@ -487,6 +490,9 @@ class Scheduler:
                     done.append(r)
                 else:
                     self._start_decoding(r)
+        if not self.attribute_gpu:
+            gpu = {}
+        self.last_gpu = gpu
         self.policy.on_step(tokens, gpu, now)
         used = self.gpu_used
         for c, g in gpu.items():
@@ -495,7 +501,8 @@ class Scheduler:
             self._adapt(dt / k, k, bool(out.preempted))
         peak = self._peak
         for r in dec.pop_finished():
-            r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+            if self.attribute_gpu:
+                r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
             peak.pop(r.rid, None)
             done.append(r)
         if not done:
