@@ -317,8 +317,31 @@ class Scheduler:
         # heads, as if its client already ran) does not fit, no head does
         held = min(h.prompt_tokens + h.generated + 1 for h in heads)
         left = min(self._reserved_output(h) - h.generated - 1 for h in heads if self._predict(h) or True)
+        self._virtual = (held, left)
         extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
         return self.slora_need(extra) < self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)
+
+    def _blocked_steps(self) -> int:
+        """With S-LoRA's test, decode steps during which no waiting request can pass it (after
+        _admission_possible() said none passes now). As decodes advance, the terms of the peak formula for the
+        decoding requests sorted after the candidate fall by one token per step, the others stay or grow, until
+        a decoding request's remaining output falls below the candidate's (its place in the order changes): so
+        the need falls by at most one per step until then."""
+        if self.b.admission != "slora" or not self._peak:
+            return 1 << 30
+        pol = self.policy
+        if pol.head_moves_on_decode:
+            held, left = self._virtual
+        else:
+            held, left = self._slora_entry(pol.peek())
+        extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
+        room = self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)  # the largest it can be
+        excess = self.slora_need(extra) - room + 1            # the need must fall by this much
+        s = self.dec.steps
+        F = np.array([v[0] for v in self._peak.values()])
+        ahead = F[F - s >= left]                              # decoders sorted before the candidate
+        cross = int((ahead - left - s + 1).min()) if len(ahead) else 1 << 30
+        return max(1, min(int(excess), cross))
 
     def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
         """The head request waits for KV room while a client far ahead of it in the policy's order holds the
@@ -411,15 +434,19 @@ class Scheduler:
                 if self._admission_possible():
                     return 1  # a head request could be admitted next iteration
                 # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops
-                # there), unless fair preemption makes room: it is looked at again every few steps
+                # there) or, with S-LoRA's test, before the decodes have advanced far enough; unless fair
+                # preemption makes room: it is looked at again every few steps
+                k = min(k, self._blocked_steps())
                 if self.b.fair_preempt:
                     k = min(k, FAIR_PREEMPT_CHECK_STEPS)
             elif self.decode_iters < self.b.admit_every:
                 k = min(k, self.b.admit_every - self.decode_iters)  # until the next admission point
             elif self._admission_possible():
                 return 1  # a head request passes the test now: it is admitted at the next iteration
-            # otherwise the head stays blocked until a request finishes (the KV test and the batch size change
-            # only then) or a request arrives (the caller stops the fold there)
+            else:
+                # blocked until a request finishes, a request arrives (the caller stops the fold there) or the
+                # decodes have advanced far enough for S-LoRA's test
+                k = min(k, self._blocked_steps())
         if not self._kv_guaranteed:
             bt, n = self.bt, max(out.n_decode, 1)
             # KV room for the fold: a cheap lower bound on the free space first, the exact one when it binds

@@ -289,7 +289,8 @@ def _run_checked(requests, policy, profile, behaviour=None):
 @pytest.mark.parametrize("policy,profile,behaviour", [("equinox", "a10g-llama-7b", None),
                                                       ("vtc", "a10g-llama-7b", None),
                                                       ("equinox", "a100-llama2-7b", None),
-                                                      ("equinox", "a10g-llama-7b", {"fair_preempt": True})])
+                                                      ("equinox", "a10g-llama-7b", {"fair_preempt": True}),
+                                                      ("equinox", "a10g-llama-7b", {"reserve": "predicted", "reserve_factor": 1.5, "admission": "sum", "block_tokens": 16})])
 def test_budget_and_kv_never_exceeded(policy, profile, behaviour):
     wl = load_workload("sharegpt", n=300, rate=4.0)
     for r in wl.requests:  # fit the small A10G cache
@@ -312,7 +313,7 @@ def test_fair_preemption_makes_room_for_a_client_far_behind():
         reqs = [R(i, "a", 0.0, 1000, 400, max_new_tokens=400) for i in range(12)] + \
                [R(100, "b", 1.0, 1000, 50, max_new_tokens=50)]
         pol = make_policy("equinox")
-        pol.behaviour = dataclasses.replace(pol.behaviour, fair_preempt=fp, reserve="full")
+        pol.behaviour = dataclasses.replace(pol.behaviour, fair_preempt=fp, reserve="full", admission="sum", block_tokens=16)
         res = Simulator(Scheduler(pol, prof), reqs).run()
         assert all(r.generated == r.output_tokens for r in res.requests)
         out[fp] = (next(r for r in res.requests if r.client == "b").ttft,
@@ -569,14 +570,66 @@ def test_bench_cli(tmp_path, capsys):
     assert main(["bench", "--workload", str(trace), "--policies", "fcfs,vtc,equinox", "--ablate", "no-chunked",
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "vtc" in out and "equinox/no-chunked" in out and "1.00x" in out
+    assert "system table" in out and "policy table (every policy on the equinox engine)" in out
+    assert "equinox/no-chunked" in out and "1.00x" in out and "MoPE online L1" in out
     res = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert set(res) == {"fcfs", "vtc", "equinox", "equinox/no-chunked"}
-    assert all(v["finished"] == 120 for v in res.values())
-    assert all((tmp_path / "o" / f).stat().st_size > 1000 for f in ("service_over_time.png", "ttft_cdf.png", "jain_over_time.png"))
-    assert main(["bench", "--workload", str(trace), "--policies", "wfq", "--no-progress", "--out", str(tmp_path / "p")]) == 2
-    assert "unknown policy: 'wfq'" in capsys.readouterr().err
-    assert main(["bench", "--workload", "nope", "--no-progress", "--out", str(tmp_path / "p")]) == 2
-    assert main(["bench", "--workload", str(trace), "--weights", "nobody=2", "--no-progress",
-                 "--out", str(tmp_path / "p")]) == 2
-    assert "unknown client 'nobody'" in capsys.readouterr().err
+    assert set(res["system"]) == {"fcfs", "vtc", "equinox", "equinox/no-chunked"}
+    assert set(res["policy"]) == {"fcfs", "vtc", "equinox"}
+    assert all(v["finished"] == 120 for t in ("system", "policy") for v in res[t].values())
+    assert all((tmp_path / "o" / "system" / f).stat().st_size > 1000
+               for f in ("service_over_time.png", "ttft_cdf.png", "jain_over_time.png"))
+
+
+def _cli_error(argv, capsys) -> str:
+    from serving.__main__ import main
+    assert main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_bench_cli_refuses_bad_input(tmp_path, capsys):
+    trace = tmp_path / "ok.jsonl"
+    trace.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n')
+    o = ["--out", str(tmp_path / "o")]
+    w = ["--workload", str(trace)]
+    assert "--policies: unknown name 'wfq'" in _cli_error(["bench", *w, "--policies", "wfq", *o], capsys)
+    assert "--policies: expected a comma list" in _cli_error(["bench", *w, "--policies", ",", *o], capsys)
+    assert "--requests must be a positive integer, got 0" in _cli_error(["bench", "--workload", "sharegpt", "--requests", "0", *o], capsys)
+    assert "--rate must be a positive number, got -1.0" in _cli_error(["bench", "--workload", "sharegpt", "--rate", "-1", *o], capsys)
+    assert "--rate-scale must be a positive number" in _cli_error(["bench", *w, "--rate-scale", "0", *o], capsys)
+    assert "--window must be a positive number" in _cli_error(["bench", *w, "--window", "-5", *o], capsys)
+    assert "--requests/--rate apply to" in _cli_error(["bench", "--workload", "lmsys", "--requests", "5", *o], capsys)
+    assert "--engine: unknown engine: 'vllm'" in _cli_error(["bench", *w, "--engine", "vllm", *o], capsys)
+    assert "is a directory" in _cli_error(["bench", "--workload", str(tmp_path), *o], capsys)
+    assert "unknown client 'nobody'" in _cli_error(["bench", *w, "--weights", "nobody=2", *o], capsys)
+    assert "unknown workload: 'nope'" in _cli_error(["bench", "--workload", "nope", *o], capsys)
+    beh = tmp_path / "beh.json"
+    beh.write_text('{"chunked_prefill": true, "token_budjet": 256}')
+    assert "unknown field 'token_budjet'" in _cli_error(["bench", *w, "--engine", str(beh), *o], capsys)
+    beh.write_text('{"chunked_prefill": "yes"}')
+    assert "chunked_prefill must be true or false, got 'yes'" in _cli_error(["bench", *w, "--engine", str(beh), *o], capsys)
+    for name, line, msg in [("b.jsonl", '{"t": 0, "client": "a", "in": true, "out": 7}', "field 'in' must be an integer token count, got True"),
+                            ("f.jsonl", '{"t": 0, "client": "a", "in": 10.7, "out": 7}', "field 'in' must be an integer token count, got 10.7"),
+                            ("m.jsonl", '{"t": 0, "client": "a", "in": 3, "out": 7, "max_new_tokens": 5}', "field 'max_new_tokens' (5) is below"),
+                            ("u.jsonl", '{"t": 0, "client": "a", "in": 3, "out": 7, "prio": 1}', "unknown field 'prio'")]:
+        p = tmp_path / name
+        p.write_text(line + "\n")
+        assert msg in _cli_error(["bench", "--workload", str(p), *o], capsys)
+
+
+def test_gzip_traces_and_max_new_tokens(tmp_path):
+    import gzip
+    p = tmp_path / "t.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write('{"t": 0, "client": "a", "in": 5, "out": 7, "max_new_tokens": 64}\n{"t": 1, "client": "b", "in": 3, "out": 2}\n')
+    wl = load_trace_file(p)
+    assert [(r.client, r.max_new_tokens, r.max_output) for r in wl.requests] == [("a", 64, 64), ("b", None, 2)]
+    c = tmp_path / "t.csv.gz"
+    with gzip.open(c, "wt") as f:
+        f.write("t,client,in,out\n0,x,10,20\n")
+    assert load_trace_file(c).requests[0].output_tokens == 20
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_text("not gzip")
+    with pytest.raises(RequestError, match="cannot read the trace"):
+        load_trace_file(bad)
