@@ -88,6 +88,8 @@ class Simulator:
                 s.add_request(reqs[i], reqs[i].arrival)
                 i += 1
             if not s.has_work:
+                if i >= n:
+                    break  # the last arrivals were rejected: nothing left to run
                 now = reqs[i].arrival
                 continue
             out = s.schedule(now)

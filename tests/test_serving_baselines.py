@@ -1,0 +1,167 @@
+"""The artifact-faithful engine and baselines: S-LoRA's admission test by hand, the measured runs, Equinox's
+score terms directly, weighted metrics, the gap bound."""
+
+import numpy as np
+import pytest
+
+from serving.engine.behaviour import get_engine
+from serving.engine.profiles import get_profile
+from serving.metrics import jain, max_service_gap, max_service_gap_pairs, summarize
+from serving.policies import EquinoxConfig, make_policy
+from serving.request import Request as R
+from serving.run import simulate
+from serving.scheduler import Scheduler
+from serving.workloads import artifact_run, artifact_workload, suite_workload
+
+
+def _sched(cap=1000, adapter=0):
+    import dataclasses
+    pol = make_policy("vtc")
+    pol.behaviour = get_engine("artifact").replace(adapter_kv_tokens=adapter)
+    return Scheduler(pol, dataclasses.replace(get_profile("a10g-llama-7b"), kv_capacity_tokens=cap))
+
+
+def test_slora_need_by_hand():
+    """max_k(left_k * k + sum_{i<=k} held_i), sorted by left descending (req_queue.py _can_add_new_req)."""
+    s = _sched()
+    # held/left: (100, 50), (10, 200), (300, 10): sorted by left 200, 50, 10:
+    # k=1: 200 + 10 = 210; k=2: 50*2 + 110 = 210; k=3: 10*3 + 410 = 440
+    assert s.slora_need([(100, 50), (10, 200), (300, 10)]) == 440
+    assert s.slora_need([(10, 200)]) == 210
+    assert s.slora_need([(100, 50), (10, 200)]) == 210
+    assert s.slora_need([(400, 100), (400, 100)]) == 1000     # ties: both counted at k=2: 100*2 + 800
+
+
+def test_slora_admission_with_running_requests_and_adapters():
+    s = _sched(cap=1000, adapter=32)
+    a = R(0, "a", 0.0, 300, 200)
+    s.add_request(a, 0.0)
+    out = s.schedule(0.0)                     # admitted, prefilled whole
+    s.update_from_output(out, 0.1, 0.1)       # a: held 300 + 1 = 301, left 200 - 1 - 1 = 198
+    b = R(1, "b", 0.1, 100, 300)              # candidate (101, 299): sorted 299, 198:
+    s.add_request(b, 0.1)                     # need = max(299 + 101, 198 * 2 + 402) = 798
+    assert s.slora_need([s._slora_entry(b)]) == 798
+    assert s._fits(b)                         # 798 < 1000 - 2 adapters x 32
+    c = R(2, "c", 0.1, 100, 400)
+    assert s.slora_need([s._slora_entry(c)]) == 400 * 0 + max(399 + 101, 198 * 2 + 402)
+    s2 = _sched(cap=800, adapter=32)          # 798 >= 800 - 64: refused (strict <, adapters counted)
+    s2.add_request(R(0, "a", 0.0, 300, 200), 0.0)
+    s2.update_from_output(s2.schedule(0.0), 0.1, 0.1)
+    assert not s2._fits(R(1, "b", 0.1, 100, 300))
+    # after 10 decode steps the running request's need is unchanged (held +10, left -10)
+    for _ in range(10):
+        out = s2.schedule(0.2)
+        assert out.decode and not out.prefills
+        s2.update_from_output(out, 0.3, 0.1)
+    assert s2.slora_need([]) == 301 + 198
+
+
+def test_artifact_cadence_and_batch_max_tokens():
+    """Admission after 10 decode steps; a failed attempt is retried at every step; one prefill batch holds at
+    most batch_max_tokens (3072 for the 10,000-token pool) of prompts."""
+    s = _sched(cap=10_000)
+    assert s.batch_max_tokens == 3072
+    for i in range(4):
+        s.add_request(R(i, f"c{i}", 0.0, 1000, 50), 0.0)
+    out = s.schedule(0.0)
+    assert [r.rid for r in out.admitted] == [0, 1, 2]  # a 4th prompt would pass 3072 tokens
+    s.update_from_output(out, 0.1, 0.1)
+    steps = 0
+    while True:
+        out = s.schedule(1.0)
+        if out.admitted:
+            break
+        s.update_from_output(out, 1.0, 0.01)
+        steps += 1
+    assert steps == 10
+
+
+@pytest.mark.parametrize("suite", ["overload", "real"])
+def test_baselines_match_the_measured_runs(suite):
+    """FCFS and VTC on the artifact's engine and the calibrated A10G profile against the artifact's measured
+    runs (the same requests): throughput within 10 %, mean latency within 20 % (docs/engine-calibration.md
+    reports the figures; the real trace's latency is 15-16 % high, a documented miss of the 10 % target)."""
+    for pol in ("vtc", "fcfs"):
+        m = artifact_run(suite, pol)["result"]
+        wl = artifact_workload(suite, pol)
+        res = simulate(wl.requests, pol, "a10g-llama-7b")
+        tok = sum(r.prompt_tokens + r.output_tokens for r in res.requests) / res.makespan
+        mtok = sum(x["prompt_len"] + x["output_len"] for x in m["responses"]) / m["total_time"]
+        lat = np.mean([r.latency for r in res.requests])
+        assert abs(tok / mtok - 1) < 0.10, (pol, tok, mtok)
+        assert abs(lat / m["avg_latency"] - 1) < 0.20, (pol, lat, m["avg_latency"])
+    assert get_engine("artifact").admission == "slora"
+
+
+def test_rpm_rejects_beyond_the_limit():
+    reqs = [R(i, "a", i * 1.0, 10, 5) for i in range(30)] + [R(100 + i, "b", i * 10.0, 10, 5) for i in range(3)]
+    res = simulate(reqs, "rpm", "a100-llama2-7b", policy_kw={"limit": 20})
+    rejected = sorted(r.rid for r in res.requests if r.rejected)
+    assert rejected == list(range(20, 30))  # a's 21st to 30th within the first minute; b never
+    s = summarize(res)
+    assert s.rejected == 10 and s.finished == 23
+
+
+def test_equinox_priority_terms_directly():
+    p = make_policy("equinox", config=EquinoxConfig(alpha=1.0, beta=2.0, latency_weight=0.5))
+    p.key_scales = (100.0, 4.0, 10.0)               # U, G, wait_all as the heap keys use them
+    p.counter.update({"a": 300.0, "b": 300.0})
+    p.wait.update({"a": 10.0, "b": 50.0})           # b waited 5x the mean: credit clipped at 1
+    p.rfc_base.update({"a": 2.0, "b": 2.0})
+    p.gpu_pred_run["a"], p.gpu_meas_run["a"] = 3.0, 1.0   # running: the prediction stands (3 > 1)
+    p.gpu_meas_run["b"], p.gpu_pred_run["b"] = 5.0, 1.0   # the measurement has passed it (5 > 1)
+    assert p.latency_credit("a") == 0.0
+    assert p.latency_credit("b") == pytest.approx(0.5 * 100 * 1.0)   # clipped to +1, not 4
+    assert p.priority("a") == pytest.approx(300 / 100 + 2 * (2 + 3) / 4)
+    assert p.priority("b") == pytest.approx((300 - 50) / 100 + 2 * (2 + 5) / 4)
+    p.wait["b"] = 2.0                               # waited less than the mean: negative credit, clipped at -1
+    assert p.latency_credit("b") == pytest.approx(0.5 * 100 * (2 / 10 - 1))
+    p.wait["b"] = 0.0
+    assert p.latency_credit("b") == pytest.approx(-50.0)
+
+
+def test_equinox_wait_ewma_weights():
+    p = make_policy("equinox")
+    r1, r2 = R(0, "a", 0.0, 10, 10), R(1, "a", 0.0, 10, 10)
+    p.on_admit(r1, 10.0)
+    assert p.wait["a"] == 10.0 and p.wait_all == 10.0
+    p.on_admit(r2, 20.0)                             # waited 20: 0.8 * old + 0.2 * new; all: 0.95 / 0.05
+    assert p.wait["a"] == pytest.approx(0.8 * 10 + 0.2 * 20)
+    assert p.wait_all == pytest.approx(0.95 * 10 + 0.05 * 20)
+
+
+def test_record_measured_counts_in_the_resource_counter():
+    p = make_policy("equinox", config=EquinoxConfig(alpha=0.0, beta=1.0, latency_weight=0.0))
+    r = R(0, "a", 0.0, 10, 10, weight=2.0)
+    p.add(r, 0.0, {})
+    p.pop(0.0).predicted_gpu_s = 1.0
+    p.on_admit(r, 0.0)
+    assert p.rfc("a") == pytest.approx(0.5)
+    p.record_measured(r, 3.0)                        # measured 3 GPU-s over weight 2 passes the prediction
+    assert p.rfc("a") == pytest.approx(1.5) and r.gpu_s == pytest.approx(1.5)
+    p.on_finish(r, 1.0)
+    assert p.rfc("a") == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        p.record_measured(r, -1.0)
+
+
+def test_jain_all_is_weighted():
+    """Weighted VTC gives the weight-2 client twice the service: over weights, even (jain_all ~ 1); FCFS gives
+    equal raw service, which over weights is uneven."""
+    wl = suite_workload("overload-weighted", duration=200.0)
+    v = summarize(simulate(wl.requests, "vtc", "a10g-llama-7b"))
+    f = summarize(simulate(wl.requests, "fcfs", "a10g-llama-7b"))
+    assert v.jain_all > 0.95
+    assert f.jain_all == pytest.approx(0.9, abs=0.01)  # Jain(1, 1/2): equal raw service, weights 1 and 2
+    assert jain(np.array([1.0, 0.5])) == pytest.approx(0.9)
+
+
+def test_gap_bound_holds_and_is_exact_for_two_clients():
+    for suite, n in (("overload", 2), ("overload-multi", 4)):
+        wl = suite_workload(suite, duration=150.0)
+        for pol in ("vtc", "fcfs"):
+            res = simulate(wl.requests, pol, "a10g-llama-7b")
+            exact, bound = max_service_gap_pairs(res), max_service_gap(res)
+            assert exact <= bound * (1 + 1e-9), (suite, pol)
+            if n == 2:
+                assert bound == pytest.approx(exact, rel=0.02), (pol, exact, bound)
