@@ -11,7 +11,8 @@ The aggregates the scheduler needs every iteration are kept incrementally:
   * KV *blocks* held (block-granular, exact): with ``x_r = bt * q_r + m_r``, a member holds
     ``q_r + Q + c(m_r + R)`` blocks at ``steps = bt * Q + R``, where ``c(v)`` is 0, 1 or 2 as ``v`` is 0, in
     ``[1, bt]`` or above ``bt``; so a histogram of the residues ``m_r`` gives the total in O(bt) C-level work;
-  * decoding sequences per client (tokens and GPU time are charged per client, not per request);
+  * decoding sequences per client and the sum of their ``x_r`` (tokens and GPU time are charged per client,
+    not per request; a client's KV tokens are ``kv_client[c] + per_client[c] * steps``);
   * a heap of the step at which each member finishes, so finishes are found in O(log n).
 """
 
@@ -31,6 +32,7 @@ class DecodeSet:
         self.q_sum = 0                       # sum of q_r
         self.residues = [0] * block_tokens   # histogram of m_r
         self.per_client: dict[str, int] = {}
+        self.kv_client: dict[str, int] = {}  # sum of x_r over the client's members
         self._fin: list[tuple[int, int, Request]] = []   # (step it finishes at, admission seq, request)
 
     def __len__(self) -> int:
@@ -50,6 +52,7 @@ class DecodeSet:
         self.q_sum += q
         self.residues[m] += 1
         self.per_client[r.client] = self.per_client.get(r.client, 0) + 1
+        self.kv_client[r.client] = self.kv_client.get(r.client, 0) + x
         heapq.heappush(self._fin, (self.steps + r.output_tokens - r.generated, r.seq, r))
 
     def sync(self, r: Request) -> None:
@@ -71,8 +74,10 @@ class DecodeSet:
         n = self.per_client[r.client] - 1
         if n:
             self.per_client[r.client] = n
+            self.kv_client[r.client] -= x
         else:
             del self.per_client[r.client]
+            del self.kv_client[r.client]
         # its heap entry goes stale; _live() skips it
 
     # steps --------------------------------------------------------------------------------------

@@ -81,7 +81,12 @@ class Scheduler:
         self.running_by_client: dict[str, int] = defaultdict(int)
         self.reserved = 0                         # tokens reserved by running requests
         self.decode_iters = 0                     # decode iterations since the last admission check
-        self.decode_gpu = 0.0                     # GPU-seconds attributed to each decoding sequence so far (unweighted)
+        # GPU-seconds attributed to the decoding sequences so far (unweighted; Profile.split): a sequence that held
+        # x + s KV tokens at each global decode step s it ran pays decode_gpu + x * decode_kv_coef + decode_kv_coef_s
+        # accumulated over those steps
+        self.decode_gpu = 0.0
+        self.decode_kv_coef = 0.0
+        self.decode_kv_coef_s = 0.0
         self.budget = self.b.token_budget         # current token budget (adaptive)
         self.preemptions = 0
         self.finished: list[Request] = []
@@ -184,7 +189,7 @@ class Scheduler:
 
     def _start_decoding(self, r: Request) -> None:
         self.dec.add(r)
-        r.gpu_mark = self.decode_gpu
+        r.gpu_mark = (self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s)
         if self.b.admission == "slora":
             # left = R - generated_now - 1 = (R - generated + dstart - 1) - steps; held = kv + 1
             self._peak[r.rid] = (self._reserved_output(r) - r.generated + r.dstart - 1,
@@ -396,7 +401,7 @@ class Scheduler:
     def _leave_decoding(self, r: Request) -> None:
         self._stop_decoding(r)
         if self.attribute_gpu:
-            r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+            self._settle_decode_gpu(r)
 
     def _evict(self, r: Request, now: float) -> None:
         if r in self.dec:
@@ -480,32 +485,38 @@ class Scheduler:
         tokens: dict[str, int] = {}
         gpu: dict[str, float] = {}
         prefills = out.prefills
-        # iteration time is attributed in proportion to the tokens each sequence processed in it
-        pt = 0
-        for _, c in prefills:
-            pt += c
-        total = float(k * (pt + out.n_decode)) or 1.0
         dec = self.dec
+        attribute = self.attribute_gpu
+        if attribute:
+            parts, seq, coef, coef_j, scale = self._split(out, dt)
         if out.decode:
+            s0 = dec.steps
             dec.advance(k)
-            share = dt * k / total  # each decoding sequence's part of the time
-            self.decode_gpu += share
-            w_of = self.w_of
-            for c, n in dec.per_client.items():
-                tokens[c] = n * k
-                gpu[c] = share * n / w_of[c]
+            if attribute:
+                # every decoding sequence pays seq, plus coef per KV token it held (x_r + s0) and coef_j
+                seq, coef, coef_j = seq * scale, coef * scale, coef_j * scale
+                self.decode_gpu += seq
+                self.decode_kv_coef += coef
+                self.decode_kv_coef_s += coef * s0 + coef_j
+                w_of, kvc = self.w_of, dec.kv_client
+                for c, n in dec.per_client.items():
+                    tokens[c] = n * k
+                    gpu[c] = (n * (seq + coef_j) + coef * (kvc[c] + n * s0)) / w_of[c]
+            else:
+                for c, n in dec.per_client.items():
+                    tokens[c] = n * k
             if not prefills:
                 self.decode_iters += k
         done: list[Request] = []
-        for r, c in prefills:
+        for j, (r, c) in enumerate(prefills):
             c *= k  # (more than one step only for the full-budget chunks of one long prompt)
             r.prefilled += c
             self.pre_kv += c
-            g = dt * c / total / r.weight
-            if self.attribute_gpu:
-                r.gpu_s += g
             client = r.client
-            gpu[client] = gpu.get(client, 0.0) + g
+            if attribute:
+                g = parts[j] * scale / r.weight
+                r.gpu_s += g
+                gpu[client] = gpu.get(client, 0.0) + g
             if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token and starts decoding
                 if r.first_token is None:
                     r.first_token = now
@@ -517,8 +528,6 @@ class Scheduler:
                     done.append(r)
                 else:
                     self._start_decoding(r)
-        if not self.attribute_gpu:
-            gpu = {}
         self.last_gpu = gpu
         self.policy.on_step(tokens, gpu, now)
         used = self.gpu_used
@@ -528,8 +537,8 @@ class Scheduler:
             self._adapt(dt / k, k, bool(out.preempted))
         peak = self._peak
         for r in dec.pop_finished():
-            if self.attribute_gpu:
-                r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+            if attribute:
+                self._settle_decode_gpu(r)
             peak.pop(r.rid, None)
             done.append(r)
         if not done:
@@ -548,6 +557,35 @@ class Scheduler:
                 self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
             self.policy.on_finish(r, now)
         return tokens
+
+    def _split(self, out: SchedulerOutput, dt: float) -> tuple[list[float], float, float, float, float]:
+        """The iteration's (or fold's) modelled time split physically (Profile.split, summed over the folded
+        steps): (per prefill chunk, per decoding sequence, per KV token held at the first step, per sequence
+        for the KV growth over the steps), and the factor that scales the modelled total to the `dt` the engine
+        reports (1 for the simulator, up to rounding)."""
+        p, k, n, kv0 = self.profile, out.steps, out.n_decode if out.decode else 0, out.decode_kv if out.decode else 0
+        chunks = [(c, r.prefilled) for r, c in out.prefills]
+        if k == 1:
+            parts, seq, coef = p.split(chunks, n, kv0)
+            coef_j = 0.0
+        elif not chunks:
+            parts = []
+            seq, coef, coef_j = p.decode_split(n, kv0, k)
+        else:  # full-budget chunks of one prompt beside the decodes (a few steps: summed one by one)
+            (c, ctx0), = chunks
+            part = seq = coef = coef_j = 0.0
+            for j in range(k):
+                (pj,), sj, cj = p.split([(c, ctx0 + j * c)], n, kv0 + j * n)
+                part, seq, coef, coef_j = part + pj, seq + sj, coef + cj, coef_j + cj * j
+            parts = [part]
+        total = sum(parts) + n * (seq + coef_j) + coef * kv0
+        return parts, seq, coef, coef_j, (dt / total if total > 0 else 0.0)
+
+    def _settle_decode_gpu(self, r: Request) -> None:
+        """Add what a request leaving the decoding set was attributed while it decoded (it is synced)."""
+        u0, a0, b0 = r.gpu_mark
+        x = r.prefilled + r.decoded - r.dstart  # its KV tokens minus the global step count (fixed while decoding)
+        r.gpu_s += ((self.decode_gpu - u0) + x * (self.decode_kv_coef - a0) + (self.decode_kv_coef_s - b0)) / r.weight
 
     def _adapt(self, step_s: float, steps: int = 1, preempted: bool = False) -> None:
         """AIMD on the token budget: halve it when KV pressure forced a preemption, shrink it when steps exceed

@@ -312,7 +312,7 @@ def test_fair_preemption_makes_room_for_a_client_far_behind():
     for fp in (False, True):
         reqs = [R(i, "a", 0.0, 1000, 400, max_new_tokens=400) for i in range(12)] + \
                [R(100, "b", 1.0, 1000, 50, max_new_tokens=50)]
-        pol = make_policy("equinox")
+        pol = make_policy("equinox", config=EquinoxConfig(beta=1.0))  # the margin is in HF units: beta scales it
         pol.behaviour = dataclasses.replace(pol.behaviour, fair_preempt=fp, reserve="full", admission="sum", block_tokens=16)
         res = Simulator(Scheduler(pol, prof), reqs).run()
         assert all(r.generated == r.output_tokens for r in res.requests)

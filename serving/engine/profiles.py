@@ -85,6 +85,60 @@ class Profile:
         t = (comp if comp > mem else mem) + self.iter_overhead_s + self.seq_overhead_s * (n_decode + len(prefill_chunks))
         return t, comp / t
 
+    # physical attribution of an iteration's time ------------------------------------------------------
+    def split(self, prefill_chunks: list[tuple[int, int]], n_decode: int, decode_kv_tokens: int
+              ) -> tuple[list[float], float, float]:
+        """One iteration's modelled time split physically among its sequences: (the part of each prefill
+        chunk, the part every decoding sequence pays, the part per KV token a decoding sequence attends to),
+        so that sum(chunk parts) + n * seq + kv * KV equals iteration()'s time.
+
+        The bound resource's time goes to those who use it: when compute bound, each prefill chunk pays its
+        GEMM tokens and its quadratic attention, each decode its one token's GEMM; when memory bound, the
+        decoding sequences share the weight read evenly and each pays the reads of its own KV (a long context
+        pays for its length), prefill chunks only their overheads (with no decode, they share the weight read
+        by tokens). The fixed iteration overhead is shared evenly by the sequences, each pays its own."""
+        tok_s, attn_s = self.tok_s, self.attn_s
+        seqs = n_decode + len(prefill_chunks)
+        over = (self.iter_overhead_s / seqs if seqs else 0.0) + self.seq_overhead_s
+        comp_parts = [tok_s * c + attn_s * c * (ctx + c / 2) for c, ctx in prefill_chunks]
+        comp = sum(comp_parts) + tok_s * n_decode
+        mem = self.weight_s + self.kv_s * decode_kv_tokens
+        if comp >= mem:
+            return [x + over for x in comp_parts], tok_s + over, 0.0
+        if n_decode:
+            return [over] * len(prefill_chunks), self.weight_s / n_decode + over, self.kv_s
+        tokens = sum(c for c, _ in prefill_chunks)
+        return [self.weight_s * c / tokens + over for c, _ in prefill_chunks], 0.0, 0.0
+
+    def decode_split(self, n: int, kv0: int, k: int) -> tuple[float, float, float]:
+        """split() summed over k decode-only steps of n sequences whose KV total starts at kv0 and grows by n
+        a step, in closed form: (what every sequence pays in total, the KV-token coefficient summed over the
+        steps, the same coefficient weighted by the step index j = 0..k-1). A sequence holding x + j KV tokens
+        at step j pays seq + x * coef + coef_j; split over the steps exactly as decode_steps_time sums them."""
+        if k <= 0 or n <= 0:
+            return 0.0, 0.0, 0.0
+        js = self._compute_bound_steps(n, kv0, k)
+        over = self.iter_overhead_s / n + self.seq_overhead_s
+        m = k - js                                   # memory-bound steps j = js .. k-1
+        seq = js * self.tok_s + m * self.weight_s / n + k * over
+        coef = self.kv_s * m
+        coef_j = self.kv_s * (k * (k - 1) - js * (js - 1)) / 2
+        return seq, coef, coef_j
+
+    def _compute_bound_steps(self, n: int, kv0: int, k: int) -> int:
+        """Of k decode steps of n sequences from kv0 KV tokens, how many (the first ones) are compute bound."""
+        c = self.tok_s * n
+        m0 = self.memory_time(kv0)
+        d = self.kv_s * n
+        if m0 >= c:
+            return 0
+        if d <= 0:
+            return k
+        js = min(k, max(0, math.ceil((c - m0) / d)))
+        while js > 0 and m0 + d * (js - 1) >= c:  # float edge: step js - 1 is already memory bound
+            js -= 1
+        return js
+
     def chunk_steps(self, chunk: int, ctx0: int, n: int, kv0: int, k: int,
                     limit: float = math.inf) -> tuple[int, float, float]:
         """k iterations that each prefill `chunk` tokens of one prompt (the first after ctx0 tokens of context)
@@ -111,14 +165,7 @@ class Profile:
         fixed = self.iter_overhead_s + self.seq_overhead_s * n
         m0 = self.memory_time(kv0)
         d = self.kv_s * n
-        if m0 >= c:  # memory bound from the first step on (the usual decode case)
-            js = 0
-        elif d <= 0:
-            js = k
-        else:
-            js = min(k, max(0, math.ceil((c - m0) / d)))
-            while js > 0 and m0 + d * (js - 1) >= c:  # float edge: step js - 1 is already memory bound
-                js -= 1
+        js = self._compute_bound_steps(n, kv0, k)
         mem = (k - js) * m0 + d * (k * (k - 1) - js * (js - 1)) / 2  # sum of m0 + d * j for j in [js, k)
         return js * c + mem + fixed * k
 

@@ -26,7 +26,7 @@ class EquinoxConfig:
     """Weights of the holistic score."""
 
     alpha: float = 1.0             # user fairness weight
-    beta: float = 1.0              # resource fairness weight
+    beta: float = 3.0              # resource fairness weight (3: measured on the shape-skewed workloads, docs/equinox.md)
     latency_weight: float = 0.5    # at most this many typical requests' worth of tokens credited for waiting
     preempt_margin: float = 1.0    # fair preemption: a running client must lead the head by this many requests' worth
 
