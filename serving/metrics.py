@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,58 +44,83 @@ def vtc_bound(max_input: int, batch_tokens: int, w_p: float = 1.0, w_q: float = 
 
 
 def max_service_gap(res: SimResult) -> float:
-    """An upper bound on the largest difference in weighted service (service over weight) two clients receive
-    over an interval in which both are continuously backlogged: the quantity VTC's bound is about. O(T x C).
+    """The largest difference in weighted service (service over weight) two clients receive over an interval
+    in which both are backlogged at every sample: max over pairs (f, g) and their common backlogged runs of
+    max - min of S_f/w_f - S_g/w_g over the run (the quantity VTC's Theorem 4.4 bounds). Exact, and equal to
+    max_service_gap_pairs (the O(T x C^2) definition, kept as the tests' oracle), found by bound and search:
 
     Over each sample interval the fair share dV is the service per unit weight the clients backlogged over it
-    received together; a client's lag L grows by its own service per weight minus dV. For clients f, g both
-    backlogged over [t1, t2], dS_f/w_f - dS_g/w_g = dL_f - dL_g <= (largest rise of any client's lag within one
-    of its backlogged runs) + (largest fall), which is what is returned (max_service_gap_pairs gives the exact
-    pairwise figure in O(T x C^2); with two equally weighted clients always backlogged the two agree)."""
-    if len(res.samples_t) < 2:
+    received together, and a client's lag L grows by its own service per weight minus dV; for f and g both
+    backlogged over [t1, t2], (dS_f/w_f - dS_g/w_g) = dL_f - dL_g <= rise_f + fall_g, rise (fall) being the
+    largest rise (fall) of a client's lag within one of its backlogged runs. One O(T x C) pass gives every
+    client's rise and fall; ordered pairs are then visited in decreasing order of rise_f + fall_g (a heap over
+    the two sorted lists) and each visited pair's exact value computed in O(T), until the next bound cannot
+    beat the best exact value found. Memory: O(C) beyond the sample tables."""
+    T = len(res.samples_t)
+    if T < 2:
         return 0.0
     w = _weights(res)
-    S = np.asarray(res.samples_service)                  # (T, C) raw service
-    B = np.asarray(res.samples_backlog, bool)            # (T, C)
-    both = B[1:] & B[:-1]                                # (T-1, C) backlogged over the interval
-    dS = np.diff(S, axis=0)                              # (T-1, C)
-    tot_w = (both * w).sum(axis=1)                       # (T-1,)
-    dV = np.where(tot_w > 0, (dS * both).sum(axis=1) / np.maximum(tot_w, 1e-300), 0.0)
-    dL = dS / w - dV[:, None]                            # (T-1, C)
+    S = res.samples_service                              # (T, C) raw service (not copied)
+    B = res.samples_backlog                              # (T, C)
     C = S.shape[1]
     cur, lo, hi = np.zeros(C), np.zeros(C), np.zeros(C)
-    rise = fall = 0.0
-    for k in range(len(dL)):
-        b = both[k]
-        cur = np.where(b, cur + dL[k], 0.0)              # lag since the run began (a new run starts at 0)
-        lo = np.where(b, np.minimum(lo, cur), 0.0)
-        hi = np.where(b, np.maximum(hi, cur), 0.0)
-        if b.any():
-            rise = max(rise, float((cur - lo).max()))
-            fall = max(fall, float((hi - cur).max()))
-    return rise + fall
+    rise, fall = np.zeros(C), np.zeros(C)
+    prev_s, prev_b = np.asarray(S[0], float), np.asarray(B[0], bool)
+    for k in range(1, T):
+        s_k, b_k = np.asarray(S[k], float), np.asarray(B[k], bool)
+        both = b_k & prev_b                              # backlogged over the interval
+        if both.any():
+            ds = s_k - prev_s
+            dv = ds[both].sum() / w[both].sum()
+            cur = np.where(both, cur + ds / w - dv, 0.0)  # lag since the run began (a new run starts at 0)
+            lo = np.where(both, np.minimum(lo, cur), 0.0)
+            hi = np.where(both, np.maximum(hi, cur), 0.0)
+            np.maximum(rise, cur - lo, out=rise)
+            np.maximum(fall, hi - cur, out=fall)
+        else:
+            cur[:] = lo[:] = hi[:] = 0.0
+        prev_s, prev_b = s_k, b_k
+    by_rise, by_fall = np.argsort(-rise, kind="stable"), np.argsort(-fall, kind="stable")
+    best = 0.0
+    done: set[tuple[int, int]] = set()
+    heap = [(-(rise[by_rise[0]] + fall[by_fall[0]]), 0, 0)]
+    pushed = {(0, 0)}
+    while heap:
+        neg, i, j = heapq.heappop(heap)
+        if -neg <= best * (1 + 1e-12):
+            break                                        # no pair left can beat the best exact value
+        f, g = int(by_rise[i]), int(by_fall[j])
+        if f != g and (min(f, g), max(f, g)) not in done:
+            done.add((min(f, g), max(f, g)))
+            best = max(best, _pair_gap(S, B, w, f, g))
+        for a, b in ((i + 1, j), (i, j + 1)):
+            if a < C and b < C and (a, b) not in pushed:
+                pushed.add((a, b))
+                heapq.heappush(heap, (-(rise[by_rise[a]] + fall[by_fall[b]]), a, b))
+    return best
+
+
+def _pair_gap(S, B, w, f: int, g: int) -> float:
+    """max - min of S_f/w_f - S_g/w_g over each run of samples at which both are backlogged, the largest."""
+    both = np.asarray(B[:, f], bool) & np.asarray(B[:, g], bool)
+    if not both.any():
+        return 0.0
+    d = np.asarray(S[:, f], float) / w[f] - np.asarray(S[:, g], float) / w[g]
+    idx = np.flatnonzero(both)
+    worst = 0.0
+    for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
+        seg = d[run]
+        worst = max(worst, float(seg.max() - seg.min()))
+    return worst
 
 
 def max_service_gap_pairs(res: SimResult) -> float:
-    """The exact largest |(S_f - S_g) change| (service over weight) over any interval in which f and g are both
-    backlogged at every sample, pair by pair: O(T x C^2), for checking max_service_gap on small runs."""
+    """The definition of max_service_gap, pair by pair: O(T x C^2), the tests' oracle on small runs."""
     if len(res.samples_t) < 2:
         return 0.0
-    S = np.asarray(res.samples_service) / _weights(res)
-    B = np.asarray(res.samples_backlog, bool)
-    worst = 0.0
+    S, B, w = np.asarray(res.samples_service), np.asarray(res.samples_backlog, bool), _weights(res)
     C = S.shape[1]
-    for f in range(C):
-        for g in range(f + 1, C):
-            both = B[:, f] & B[:, g]
-            if not both.any():
-                continue
-            d = S[:, f] - S[:, g]
-            idx = np.flatnonzero(both)
-            for run in np.split(idx, np.flatnonzero(np.diff(idx) > 1) + 1):
-                seg = d[run]
-                worst = max(worst, float(seg.max() - seg.min()))
-    return worst
+    return max((_pair_gap(S, B, w, f, g) for f in range(C) for g in range(f + 1, C)), default=0.0)
 
 
 def windowed_service(res: SimResult, window: float = 10.0, resource: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -116,26 +142,40 @@ def windowed_service(res: SimResult, window: float = 10.0, resource: bool = Fals
 
 def backlog_fraction(res: SimResult, edges: np.ndarray) -> np.ndarray:
     """(windows, clients): the fraction of each window [edges[k], edges[k+1]] in which the client had requests
-    waiting, exactly, from the policy's log of queue transitions (time-weighted, whatever the sampling)."""
+    waiting, exactly, from the policy's log of queue transitions (time-weighted, whatever the sampling).
+    Vectorised over the log: each waiting interval adds its partial first and last windows and, through a
+    difference array, the full windows between them."""
+    edges = np.asarray(edges, float)
+    C, E = len(res.clients), len(edges) - 1
+    out = np.zeros((E, C))
+    if not res.backlog_log or E <= 0:
+        return out
     idx = {c: i for i, c in enumerate(res.clients)}
-    per: list[list[tuple[float, bool]]] = [[] for _ in res.clients]
-    for t, c, on in res.backlog_log:
-        per[idx[c]].append((t, on))
-    out = np.zeros((len(edges) - 1, len(res.clients)))
+    t = np.array([x[0] for x in res.backlog_log], float)
+    who = np.array([idx[x[1]] for x in res.backlog_log], np.int64)
+    on = np.array([x[2] for x in res.backlog_log], bool)
+    order = np.lexsort((np.arange(len(t)), who))         # by client, then in log order (time order)
+    t, who, on = t[order], who[order], on[order]
+    last = np.r_[who[1:] != who[:-1], True]              # the client's last transition
+    end = np.where(last, np.inf, np.r_[t[1:], np.inf])   # each transition holds until the client's next one
+    a, b = t[on], np.minimum(end[on], edges[-1])         # waiting intervals [a, b), clipped to the windows
+    c = who[on]
+    a = np.maximum(a, edges[0])
+    keep = b > a
+    a, b, c = a[keep], b[keep], c[keep]
+    ka = np.clip(np.searchsorted(edges, a, side="right") - 1, 0, E - 1)   # window holding a
+    kb = np.clip(np.searchsorted(edges, b, side="left") - 1, 0, E - 1)    # window holding b (b on an edge: before it)
+    same = ka == kb
+    np.add.at(out, (ka[same], c[same]), b[same] - a[same])
+    d = ~same
+    np.add.at(out, (ka[d], c[d]), edges[ka[d] + 1] - a[d])
+    np.add.at(out, (kb[d], c[d]), b[d] - edges[kb[d]])
+    full = np.zeros((E + 1, C))                          # windows ka+1 .. kb-1 wholly waiting
+    np.add.at(full, (ka[d] + 1, c[d]), 1.0)
+    np.add.at(full, (kb[d], c[d]), -1.0)
     width = np.diff(edges)
-    for j, ev in enumerate(per):
-        if not ev:
-            continue
-        # accumulated waiting time at each transition, then at each edge (piecewise linear between transitions)
-        ts = np.array([t for t, _ in ev])
-        on = np.array([o for _, o in ev], dtype=float)
-        acc = np.concatenate([[0.0], np.cumsum(on[:-1] * np.diff(ts))])
-        at = np.interp(edges, ts, acc)
-        last = np.searchsorted(ts, edges, side="right") - 1     # the transition in force at each edge
-        tail = (last >= 0) & (on[np.clip(last, 0, None)] > 0) & (edges > ts[-1])
-        at = at + np.where(tail, edges - ts[-1], 0.0)          # still waiting after the last transition
-        out[:, j] = np.diff(at) / width
-    return out
+    out += np.cumsum(full, axis=0)[:E] * width[:, None]
+    return out / width[:, None]
 
 
 def jain_over_time(res: SimResult, window: float = 10.0, resource: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -219,15 +259,20 @@ def summarize(res: SimResult, window: float = 10.0) -> Summary:
     else:
         tbt50 = tbt99 = float("nan")
     # per-client service rate while active (weighted): fairness of what each got when it wanted service
-    S = np.asarray(res.samples_service)
-    A = np.asarray(res.samples_active, bool)
+    S = res.samples_service
+    A = res.samples_active
     t = np.asarray(res.samples_t)
     dt = np.diff(np.concatenate([[0.0], t]))
-    active_time = (A * dt[:, None]).sum(axis=0)
+    active_time = np.zeros(len(res.clients))
+    for i in range(0, len(t), 4096):                 # in row blocks: no (T, C) temporary
+        active_time += dt[i:i + 4096] @ A[i:i + 4096]
     rate = np.where(active_time > 0, S[-1] / np.maximum(active_time, 1e-9), 0.0) / _weights(res)
+    per: dict[str, list[float]] = {}
+    for r in done:
+        per.setdefault(r.client, []).append(r.ttft)
     by_client = {}
     for c in res.clients:
-        x = np.array([r.ttft for r in done if r.client == c])
+        x = np.array(per.get(c, ()))
         if len(x):
             by_client[c] = {"n": int(len(x)), "mean": float(x.mean()), "p50": float(np.percentile(x, 50)),
                             "p90": float(np.percentile(x, 90)), "p99": float(np.percentile(x, 99))}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.batch import DecodeSet
+from serving.batch import DecodeSet, PeakTable
 from serving.engine.profiles import Profile
 from serving.policies.base import Policy
 from serving.predictors import MoPE
@@ -71,7 +71,9 @@ class Scheduler:
         self.dec = DecodeSet(self.bt)
         # the admission test's view of each decoding request (S-LoRA's _can_add_new_req): with s decode steps
         # run, remaining reserved output = F - s and tokens held = X + s; both fixed while it decodes
-        self._peak: dict[int, tuple[int, int]] = {}
+        self._peak = PeakTable()
+        self._virtual: tuple[int, int] = (0, 0)   # the smallest (held, left) over the waiting heads ...
+        self._virtual_key: tuple | None = None    # ... as of this policy heads version (and predictor version)
         self.rejected: list[Request] = []         # refused at arrival by the policy's admission control
         # KV fits by construction (no preemption) when whole outputs are reserved token- or block-exactly
         self._kv_guaranteed = self.b.reserve == "full" and (self.b.admission == "sum" or self.bt == 1)
@@ -167,20 +169,7 @@ class Scheduler:
         (tokens held, reserved output still to come), sorted by the latter descending, the KV the batch will
         need at its peak is max_k(left_k * k + sum_{i<=k} held_i) (request k finishes while the k-1 before it
         still grow). `extra`: (held, left) of requests not decoding yet (prefilling, candidates)."""
-        s = self.dec.steps
-        n = len(self._peak)
-        held = np.empty(n + len(extra))
-        left = np.empty(n + len(extra))
-        if n:
-            fx = np.array(list(self._peak.values()), dtype=float)  # (n, 2)
-            left[:n] = fx[:, 0] - s
-            held[:n] = fx[:, 1] + s
-        for j, (h, l) in enumerate(extra):
-            held[n + j], left[n + j] = h, l
-        order = np.argsort(-left, kind="stable")
-        lo = left[order]
-        need = lo * np.arange(1, len(lo) + 1) + np.cumsum(held[order])
-        return int(need.max()) if len(need) else 0
+        return self._peak.need(self.dec.steps, extra)
 
     def _slora_entry(self, r: Request) -> tuple[int, int]:
         """(held, left) of a request that has not started decoding, as S-LoRA counts a candidate:
@@ -192,12 +181,12 @@ class Scheduler:
         r.gpu_mark = (self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s)
         if self.b.admission == "slora":
             # left = R - generated_now - 1 = (R - generated + dstart - 1) - steps; held = kv + 1
-            self._peak[r.rid] = (self._reserved_output(r) - r.generated + r.dstart - 1,
-                                 r.prefilled + r.decoded - r.dstart + 1)
+            self._peak.set(r.rid, self._reserved_output(r) - r.generated + r.dstart - 1,
+                           r.prefilled + r.decoded - r.dstart + 1)
 
     def _stop_decoding(self, r: Request) -> None:
         self.dec.remove(r)
-        self._peak.pop(r.rid, None)
+        self._peak.pop(r.rid)
 
     @property
     def kv_total(self) -> int:
@@ -315,14 +304,21 @@ class Scheduler:
             return False
         if not pol.head_moves_on_decode:
             return self._fits(pol.peek())
-        heads = [q[0] for q in pol.queues.values() if q]
         if self.b.admission == "sum":
-            return any(self._fits(h) for h in heads)
+            return any(self._fits(q[0]) for q in pol.queues.values() if q)
         # S-LoRA's need grows with a candidate's held and remaining tokens: if the smallest of each (over all
-        # heads, as if its client already ran) does not fit, no head does
-        held = min(h.prompt_tokens + h.generated + 1 for h in heads)
-        left = min(self._reserved_output(h) - h.generated - 1 for h in heads if self._predict(h) or True)
-        self._virtual = (held, left)
+        # heads, as if its client already ran) does not fit, no head does. The two minima change only when a
+        # head does (or, reserving predictions, when the predictor learns): kept until then
+        key = (pol.heads_version, None if self.b.reserve == "full" else getattr(self.predictor, "version", None))
+        if self._virtual_key != key:
+            heads = [q[0] for q in pol.queues.values() if q]
+            if self.b.reserve != "full":
+                for h in heads:
+                    self._predict(h)
+            self._virtual = (min(h.prompt_tokens + h.generated + 1 for h in heads),
+                             min(self._reserved_output(h) - h.generated - 1 for h in heads))
+            self._virtual_key = key
+        held, left = self._virtual
         extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
         return self.slora_need(extra) < self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)
 
@@ -343,7 +339,7 @@ class Scheduler:
         room = self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)  # the largest it can be
         excess = self.slora_need(extra) - room + 1            # the need must fall by this much
         s = self.dec.steps
-        F = np.array([v[0] for v in self._peak.values()])
+        F = self._peak.arrays()[0]
         ahead = F[F - s >= left]                              # decoders sorted before the candidate
         cross = int((ahead - left - s + 1).min()) if len(ahead) else 1 << 30
         return max(1, min(int(excess), cross))
@@ -539,7 +535,7 @@ class Scheduler:
         for r in dec.pop_finished():
             if attribute:
                 self._settle_decode_gpu(r)
-            peak.pop(r.rid, None)
+            peak.pop(r.rid)
             done.append(r)
         if not done:
             return tokens

@@ -53,10 +53,13 @@ class Simulator:
             scheduler.check_servable(r)  # before the run: nothing that could wait forever starts
         self.clients = sorted({r.client for r in self.reqs})
         self.idx = {c: i for i, c in enumerate(self.clients)}
-        self._gpu = np.zeros(len(self.clients))       # accumulated weighted GPU-seconds per client
+        self._gpu = [0.0] * len(self.clients)          # accumulated weighted GPU-seconds per client (a list:
+                                                       # scalar updates every step are 3x cheaper than numpy's)
         self._back = np.zeros(len(self.clients), bool)
         self._log_pos = 0
-        self._table = _Table(len(self.clients))
+        # one sample a sample_dt from the first to past the last arrival, and room for a 25 % longer drain
+        span = self.reqs[-1].arrival if self.reqs else 0.0
+        self._table = _Table(len(self.clients), int(span / sample_dt * 1.25) + 64 if sample_dt > 0 else 1024)
         self.sample_dt = sample_dt
         self._scan = (0, -1)   # (where the last arrival scan stopped, the policy's backlog log length then)
         self.w_p, self.w_q = w_p, w_q
@@ -75,7 +78,7 @@ class Simulator:
         s, p = self.s, self.p
         res = SimResult(self.reqs, self.clients, kv_capacity=s.kv_capacity)
         idx = self.idx
-        service = np.zeros(len(self.clients))      # accumulated service (VTC's w_p/w_q tokens), per client index
+        service = [0.0] * len(self.clients)        # accumulated service (VTC's w_p/w_q tokens), per client index
         reqs, w_p, w_q = self.reqs, self.w_p, self.w_q
         tbt = res.tbt
         now, i, n = 0.0, 0, len(reqs)
@@ -169,7 +172,7 @@ class Simulator:
             return k
         return self.p.decode_steps_within(out.n_decode, out.decode_kv, k, next_arrival - now)
 
-    def _sample(self, res: SimResult, now: float, service: np.ndarray) -> None:
+    def _sample(self, res: SimResult, now: float, service: list[float]) -> None:
         s, idx = self.s, self.idx
         res.kv_peak = max(res.kv_peak, s.kv_used())
         log = s.policy.backlog_log   # queue transitions since the last sample, applied in order
@@ -185,10 +188,12 @@ class Simulator:
 
 
 class _Table:
-    """Growable (samples, clients) numpy tables (capacity doubles)."""
+    """(samples, clients) numpy tables, allocated once for the expected number of samples and grown by a quarter
+    when a run outlasts it; the results are views of the filled rows (no copy at the end: at 1,000 clients and
+    27,000 samples each float table is 220 MB)."""
 
-    def __init__(self, clients: int):
-        self.n, self.cap, self.c = 0, 64, clients
+    def __init__(self, clients: int, rows: int = 64):
+        self.n, self.cap, self.c = 0, max(rows, 16), clients
         self.t = np.zeros(self.cap)
         self.svc = np.zeros((self.cap, clients))
         self.gpu = np.zeros((self.cap, clients))
@@ -197,12 +202,13 @@ class _Table:
 
     def add(self, t, svc, back, act, gpu) -> None:
         if self.n == self.cap:
-            self.cap *= 2
+            self.cap += self.cap // 4 + 16
             for k in ("t", "svc", "gpu", "back", "act"):
                 a = getattr(self, k)
                 b = np.zeros((self.cap,) + a.shape[1:], a.dtype)
                 b[:self.n] = a
                 setattr(self, k, b)
+                del a
         i = self.n
         self.t[i] = t
         self.svc[i] = svc
@@ -213,5 +219,5 @@ class _Table:
 
     def finish(self, res: SimResult) -> None:
         n = self.n
-        res.samples_t, res.samples_service, res.samples_gpu = self.t[:n].copy(), self.svc[:n].copy(), self.gpu[:n].copy()
-        res.samples_backlog, res.samples_active = self.back[:n].copy(), self.act[:n].copy()
+        res.samples_t, res.samples_service, res.samples_gpu = self.t[:n], self.svc[:n], self.gpu[:n]
+        res.samples_backlog, res.samples_active = self.back[:n], self.act[:n]

@@ -56,6 +56,7 @@ class Policy(abc.ABC):
         self.waiting = 0
         self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
         self.backlog_log: list[tuple[float, str, bool]] = []  # (time, client, queue now non-empty / empty)
+        self.heads_version = 0              # changes whenever some client's head request may have changed
 
     @classmethod
     def default_behaviour(cls) -> EngineBehaviour:
@@ -77,6 +78,7 @@ class Policy(abc.ABC):
         q.append(req)
         self.waiting += 1
         if newly_backlogged:
+            self.heads_version += 1
             self.backlog_log.append((now, req.client, True))
         self.on_arrival(req, now, newly_backlogged, running)
 
@@ -86,6 +88,7 @@ class Policy(abc.ABC):
         newly = not q
         q.appendleft(req)
         self.waiting += 1
+        self.heads_version += 1
         if newly:
             self.backlog_log.append((now, req.client, True))
             self.on_backlogged(req.client)
@@ -99,6 +102,7 @@ class Policy(abc.ABC):
         q = self.queues[c]
         req = q.popleft()
         self.waiting -= 1
+        self.heads_version += 1
         if not q:
             self.backlog_log.append((now, c, False))
             self.on_drained(c)

@@ -110,7 +110,7 @@ class EquinoxPolicy(VTCPolicy):
             drift = drift or w0 <= 0 or abs(self.wait_all / w0 - 1) > 0.05
         if drift:
             self.key_scales = (self.scale_u, self.scale_r, self.wait_all)
-            self._dirty.update(c for c, q in self.queues.items() if q)
+            self._dirty.update(self.heap.key)  # the heap holds exactly the clients with requests waiting
 
     def lift(self, c, peers):
         super().lift(c, peers)
