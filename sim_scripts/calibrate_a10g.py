@@ -60,6 +60,9 @@ def worst(rows) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--refit", action="store_true", help="run the fit and the scale search (about 40 s)")
+    ap.add_argument("--fix-weight", action="store_true",
+                    help="with --refit: hold the weight read at the datasheet figure (weight bytes / HBM bandwidth) "
+                         "instead of fitting it (the fit cannot tell it from the iteration overhead)")
     args = ap.parse_args()
     runs = [(s, p) for s in ARTIFACT_SUITES for p in ("vtc", "fcfs")]
     base = P.PROFILES[P.ProfileName.A10G_LLAMA_7B]
@@ -68,7 +71,9 @@ def main() -> int:
         tls = [F.timeline(artifact_run(s, p)["result"]["responses"]) for s, p in runs]
         th0 = {"iter_overhead_s": 9e-3, "seq_overhead_s": 1e-4, "weight_s": 0.0225, "kv_s": 8.7e-7,
                "tok_s": 1.8e-4, "attn_s": 7e-9}
-        fitted = F.fit(tls, th0)
+        if args.fix_weight:
+            th0["weight_s"] = base.weight_bytes / base.hbm_bw
+        fitted = F.fit(tls, th0, fixed=("weight_s",) if args.fix_weight else ())
         r = fitted.residuals
         print(f"== stage 1: cost terms fitted to {len(r)} requests' decode spans in {len(runs)} measured runs "
               f"({fitted.iterations} iterations, {time.perf_counter() - t0:.1f} s)")

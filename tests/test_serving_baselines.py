@@ -76,11 +76,16 @@ def test_artifact_cadence_and_batch_max_tokens():
     assert steps == 10
 
 
+# mean-latency tolerance each measured run meets (the issue's target is 10 %; on the real trace it is missed:
+# +16.8 % VTC, +15.6 % FCFS, docs/engine-calibration.md, so the test holds what is met there, 20 %)
+LATENCY_MET = {"overload": 0.10, "real": 0.20}
+
+
 @pytest.mark.parametrize("suite", ["overload", "real"])
 def test_baselines_match_the_measured_runs(suite):
     """FCFS and VTC on the artifact's engine and the calibrated A10G profile against the artifact's measured
-    runs (the same requests): throughput within 10 %, mean latency within 20 % (docs/engine-calibration.md
-    reports the figures; the real trace's latency is 15-16 % high, a documented miss of the 10 % target)."""
+    runs (the same requests): throughput within the issue's 10 % (met: worst -3.4 %), mean latency within
+    LATENCY_MET (overload: the 10 % target, met at +6.5 % / +2.1 %; real: 20 %, the target missed)."""
     for pol in ("vtc", "fcfs"):
         m = artifact_run(suite, pol)["result"]
         wl = artifact_workload(suite, pol)
@@ -89,7 +94,7 @@ def test_baselines_match_the_measured_runs(suite):
         mtok = sum(x["prompt_len"] + x["output_len"] for x in m["responses"]) / m["total_time"]
         lat = np.mean([r.latency for r in res.requests])
         assert abs(tok / mtok - 1) < 0.10, (pol, tok, mtok)
-        assert abs(lat / m["avg_latency"] - 1) < 0.20, (pol, lat, m["avg_latency"])
+        assert abs(lat / m["avg_latency"] - 1) < LATENCY_MET[suite], (pol, lat, m["avg_latency"])
     assert get_engine("artifact").admission == "slora"
 
 
@@ -221,3 +226,24 @@ def test_max_gap_is_exact_on_random_tables():
         res.samples_service = np.cumsum(rng.integers(0, 50, (T, C)) * (rng.random((T, C)) < 0.7), axis=0).astype(float)
         res.samples_backlog = rng.random((T, C)) < rng.uniform(0.3, 0.95)
         assert max_service_gap(res) == pytest.approx(max_service_gap_pairs(res), rel=1e-12, abs=1e-12), trial
+
+
+def test_fit_recovers_known_terms_and_holds_fixed_ones():
+    """Timelines of two measured runs with the decode-step counts replaced by what known terms give: the fit,
+    started 30-50 % off, recovers them (weight read held at its true value, as calibrate_a10g.py --fix-weight
+    does); an unknown term name is refused."""
+    from serving.engine import fit as F
+    true = {"iter_overhead_s": 0.009, "seq_overhead_s": 1.5e-4, "weight_s": 0.0225, "kv_s": 8.7e-7,
+            "tok_s": 2.4e-4, "attn_s": 5e-8}
+    tls = [F.timeline(artifact_run(s, "vtc")["result"]["responses"]) for s in ("real", "poisson_short_long")]
+    for tl in tls:
+        tl.steps = F._steps(np.array([true[k] for k in F.TERMS]), tl)
+    start = {k: v * (1.5 if i % 2 else 0.7) for i, (k, v) in enumerate(true.items())}
+    start["weight_s"] = true["weight_s"]
+    got = F.fit(tls, start, fixed=("weight_s",))
+    assert got.theta["weight_s"] == true["weight_s"]
+    for k in ("iter_overhead_s", "seq_overhead_s", "kv_s", "tok_s"):
+        assert got.theta[k] == pytest.approx(true[k], rel=0.05), k
+    assert np.percentile(np.abs(got.residuals), 90) < 1e-3
+    with pytest.raises(ValueError, match="unknown cost term: 'weights'"):
+        F.fit(tls, start, fixed=("weights",))

@@ -108,16 +108,21 @@ class Fit:
         return dataclasses.replace(base, **self.theta, **kw)
 
 
-def fit(tls: list[Timeline], theta0: dict[str, float], iters: int = 60) -> Fit:
-    """Gauss-Newton with a Levenberg damping on log(theta): minimises the squared relative residuals."""
+def fit(tls: list[Timeline], theta0: dict[str, float], iters: int = 60, fixed: tuple[str, ...] = ()) -> Fit:
+    """Gauss-Newton with a Levenberg damping on log(theta): minimises the squared relative residuals.
+    `fixed`: terms held at their theta0 value (e.g. one the measurements cannot tell from another)."""
+    unknown = sorted(set(fixed) - set(TERMS))
+    if unknown:
+        raise ValueError(f"unknown cost term: {unknown[0]!r} (terms: {', '.join(TERMS)})")
     phi = np.log(np.array([theta0[k] for k in TERMS]))
+    free = [j for j, k in enumerate(TERMS) if k not in fixed]
     lam = 1e-3
     r = residuals(np.exp(phi), tls)
     cost = float(r @ r)
     it = 0
     for it in range(1, iters + 1):
-        J = np.empty((len(r), len(phi)))
-        for j in range(len(phi)):
+        J = np.zeros((len(r), len(phi)))
+        for j in free:
             h = 1e-4
             q = phi.copy()
             q[j] += h
@@ -126,7 +131,9 @@ def fit(tls: list[Timeline], theta0: dict[str, float], iters: int = 60) -> Fit:
         H = J.T @ J
         improved = False
         for _ in range(12):
-            step = np.linalg.solve(H + lam * np.diag(np.diag(H) + 1e-12), -g)
+            step = np.zeros(len(phi))
+            Hf = H[np.ix_(free, free)]
+            step[free] = np.linalg.solve(Hf + lam * np.diag(np.diag(Hf) + 1e-12), -g[free])
             q = np.clip(phi + step, LOG_LO, LOG_HI)  # a term the data cannot see goes to ~0, not to -inf
             rq = residuals(np.exp(q), tls)
             cq = float(rq @ rq)
