@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--workload", default="lmsys",
                    help=f"{', '.join(NAMED)}, a VTC suite ({', '.join(SUITES)}), artifact-<suite> "
                         f"({', '.join(ARTIFACT_SUITES)}) or a .json/.jsonl/.csv[.gz] trace")
-    b.add_argument("--policies", default="fcfs,vtc,equinox", help=f"comma list of {', '.join(p.value for p in PolicyName)}")
+    b.add_argument("--policies", default="fcfs,vtc,lcf,vtc-oracle,equinox", help=f"comma list of {', '.join(p.value for p in PolicyName)}")
     b.add_argument("--engine", default="equinox",
                    help=f"engine of the policy table: {', '.join(e.value for e in EngineName)} or a .json behaviour file")
     b.add_argument("--tables", default="system,policy",

@@ -70,13 +70,14 @@ class EquinoxPolicy(VTCPolicy):
 
     def latency_credit(self, client: str) -> float:
         """Tokens subtracted from the client's counter for having waited longer than others (negative when it
-        waited less): lambda * U * clip(wait(c) / wait_all - 1, -1, 1), with the key scales."""
+        waited less): lambda * U * clip(wait(c) / wait_all - 1, -1, 1), with the key scales (0 before any wait
+        is measured)."""
         u, _, wall = self.key_scales
-        lam = self.cfg.latency_weight
-        if not lam or wall <= 0:
+        if wall <= 0:
             return 0.0
+        # waits are >= 0, so wait / wall - 1 >= -1 already: only the upper clip can bind
         rel = self.wait.get(client, wall) / wall - 1.0
-        return lam * u * (-1.0 if rel < -1.0 else 1.0 if rel > 1.0 else rel)
+        return self.cfg.latency_weight * u * (1.0 if rel > 1.0 else rel)
 
     def priority(self, client: str) -> float:
         """HF = alpha * UFC / U + beta * RFC / G, UFC = VTC counter - latency credit (module doc), with the
@@ -88,8 +89,8 @@ class EquinoxPolicy(VTCPolicy):
         if cfg.alpha:
             u = self.counter.get(client, 0.0)
             if cfg.latency_weight and wall > 0:
-                rel = self.wait.get(client, wall) / wall - 1.0
-                u -= cfg.latency_weight * su * (-1.0 if rel < -1.0 else 1.0 if rel > 1.0 else rel)
+                rel = self.wait.get(client, wall) / wall - 1.0  # >= -1: waits are >= 0
+                u -= cfg.latency_weight * su * (1.0 if rel > 1.0 else rel)
             hf = cfg.alpha * u / su
         if cfg.beta:
             m, p = self.gpu_meas_run[client], self.gpu_pred_run[client]
