@@ -29,6 +29,7 @@ class Request:
     predicted_gpu_s: float = 0.0  # GPU-seconds the predictor attributed to it at admission
     gpu_s: float = 0.0            # measured GPU-seconds attributed to it in its current residency (over its weight)
     gpu_mark: tuple = (0.0, 0.0, 0.0)  # the engine's decode attribution totals when it last started decoding
+    reserved_kv: int = 0          # KV tokens the engine reserved for it at its last admission
     prefilled: int = 0            # prompt (and recomputed) tokens already prefilled
     decoded: int = 0              # decode steps since the last (re)prefill (their KV entries)
     prefill_goal: int = 0         # tokens to prefill in this residency: prompt, plus generated ones after a preemption

@@ -289,7 +289,8 @@ class Scheduler:
         self.running[r.rid] = r
         self.prefilling.append(r)
         self.running_by_client[r.client] += 1
-        self.reserved += self._reservation(r)
+        r.reserved_kv = self._reservation(r)  # fixed for this residency (a predicted one does not follow it)
+        self.reserved += r.reserved_kv
         if r.admitted is None:
             r.admitted = now
         self.policy.on_admit(r, now)
@@ -353,7 +354,7 @@ class Scheduler:
         # the client's newest request that was never preempted: each request is recomputed at most once for
         # fairness, so the engine cannot thrash between two clients
         victim = next((r for r in reversed(self.running.values()) if r.client == c and not r.preemptions), None)
-        if victim is None or self.reserved - self._reservation(victim) + self._reservation(head) > self.kv_capacity:
+        if victim is None or self.reserved - victim.reserved_kv + self._reservation(head) > self.kv_capacity:
             return False
         self._preempt(victim, out, now)
         return True
@@ -407,7 +408,7 @@ class Scheduler:
             self.pre_kv -= r.prefilled
         del self.running[r.rid]
         self._leave_batch(r)
-        self.reserved -= self._reservation(r)
+        self.reserved -= r.reserved_kv
         r.prefilled = 0   # recompute: its KV is dropped, prompt + generated tokens are prefilled again
         r.decoded = 0
         r.preemptions += 1
@@ -544,7 +545,7 @@ class Scheduler:
         for r in done:
             del self.running[r.rid]
             self._leave_batch(r)
-            self.reserved -= self._reservation(r)
+            self.reserved -= r.reserved_kv
             r.finished = now
             self.finished.append(r)
             if r.expert_preds is not None:  # score the experts on what they said when the engine acted on it

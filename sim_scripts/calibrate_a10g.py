@@ -85,8 +85,11 @@ def main() -> int:
         best = None
         for sc in SCALES:
             prof = dataclasses.replace(base, **{k: v * sc for k, v in fitted.theta.items()})
-            w = worst([compare(prof, s, p) for s, p in runs])
-            print(f"  x{sc:.2f}: worst {w:.1%}")
+            rows = [compare(prof, s, p) for s, p in runs]
+            w = worst(rows)
+            print(f"  x{sc:.2f}: worst {w:.1%}; throughput / mean latency error: " +
+                  ", ".join(f"{r['suite']} {r['policy']} {r['tok'] / r['mtok'] - 1:+.1%} / {r['lat'] / r['mlat'] - 1:+.1%}"
+                            for r in rows))
             if best is None or w < best[0]:
                 best = (w, sc, prof)
         print(f"  chosen x{best[1]:.2f}; terms for serving/engine/profiles.py:")

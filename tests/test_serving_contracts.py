@@ -190,3 +190,144 @@ def test_artifact_workload_defaults_to_the_vtc_run():
         artifact_workload("x")
     with pytest.raises(ValueError, match="the artifact measured vtc and fcfs only, got 'lcf'"):
         artifact_workload("overload", "lcf")
+
+
+# second round against survivors ---------------------------------------------------------------------
+def test_latency_credit_clips_between_one_and_two():
+    p = make_policy("equinox")
+    p.key_scales = (100.0, 1.0, 0.5)
+    p.wait["a"] = 1.25                                               # 2.5x the mean: clipped to +1, not 1.5
+    assert p.latency_credit("a") == pytest.approx(50.0)
+
+
+def test_baseline_variants_pass_their_token_weights_on():
+    for name in ("vtc-pred", "vtc-oracle"):
+        p = make_policy(name, w_p=3.0, w_q=5.0)
+        assert (p.w_p, p.w_q) == (3.0, 5.0)
+
+
+def test_vtc_predicted_pools_the_prepaid_tokens_of_a_client():
+    """Two requests of one client running at once: their predictions are pooled; the first to finish is
+    refunded its own unused part only (pred - output, not more, though the pool holds more), an overrun past
+    the pool is charged over the weight, and a request that overran its prediction is refunded nothing."""
+    p = make_policy("vtc-pred")
+    p.predict_len["a"] = 20.0
+    r1, r2 = R(0, "a", 0.0, 1, 5, weight=2.0), R(1, "a", 0.0, 1, 60, weight=2.0)
+    _admit(p, r1)
+    _admit(p, r2)
+    assert p.prepaid["a"] == 40.0
+    base = p.counter["a"]
+    assert base == pytest.approx(2 * (1 + 2 * 20) / 2)
+    p.on_step({"a": 10}, {}, 1.0)                                    # r1's 5 and r2's first 5 tokens: prepaid
+    p.on_finish(r1, 1.0)                                             # r1 used 5 of its 20: 15 back
+    assert p.prepaid["a"] == pytest.approx(15.0)
+    assert p.counter["a"] == pytest.approx(base - 2 * 15 / 2)
+    p.on_step({"a": 55}, {}, 2.0)                                    # r2: 15 from the pool, 40 charged over weight 2
+    assert p.counter["a"] == pytest.approx(base - 15 + 2 * 40 / 2)
+    c = p.counter["a"]
+    p.prepaid["a"] = 3.0                                             # (something left in the pool)
+    p.on_finish(r2, 2.0)                                             # r2 overran its 20: no refund
+    assert p.counter["a"] == pytest.approx(c)
+
+
+def test_max_service_gap_with_one_client_or_one_sample():
+    import numpy as np
+
+    from serving.engine.simulator import SimResult
+    from serving.metrics import max_service_gap, max_service_gap_pairs
+    res = SimResult([R(0, "a", 0.0, 1, 1)], ["a"])
+    res.samples_t, res.samples_service = np.arange(3.0), np.array([[0.0], [5.0], [9.0]])
+    res.samples_backlog = np.ones((3, 1), bool)
+    assert max_service_gap_pairs(res) == 0.0 == max_service_gap(res)
+    two = SimResult([R(0, "a", 0.0, 1, 1), R(1, "b", 0.0, 1, 1)], ["a", "b"])
+    two.samples_t, two.samples_service, two.samples_backlog = np.zeros(1), np.array([[3.0, 0.0]]), np.ones((1, 2), bool)
+    assert max_service_gap_pairs(two) == 0.0 == max_service_gap(two)
+
+
+def test_trace_integer_parsing_exact():
+    from serving.workloads import _int_field
+    assert _int_field("w", "in", "1E3") == 1000                      # an exponent, either case
+    assert _int_field("w", "in", " 9007199254740993 ") == 9007199254740993   # digits exactly (not through float)
+    assert _int_field("w", "in", "7.0") == 7
+    with pytest.raises(RequestError, match="w: field 'out' must be >= 1, got 0"):
+        _int_field("w", "out", 0)
+
+
+def test_trace_file_field_names_in_errors(tmp_path):
+    cases = [('{"t": 0, "client": "a", "in": 1, "out": 0}', "t.jsonl:1: field 'out' must be >= 1, got 0"),
+             ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": "x"}', "t.jsonl:1: field 'weight' must be a number"),
+             ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": 0}', "t.jsonl:1: field 'weight' must be positive, got 0"),
+             ('{"t": 0, "client": "a", "in": 1, "out": 1, "deadline": "x"}', "t.jsonl:1: field 'deadline' must be a number"),
+             ('{"t": 0, "client": "a", "in": 1, "out": 1, "max_new_tokens": 0.5}',
+              "t.jsonl:1: field 'max_new_tokens' must be an integer token count")]
+    p = tmp_path / "t.jsonl"
+    for text, msg in cases:
+        p.write_text(text + "\n")
+        with pytest.raises(RequestError, match=msg):
+            load_trace_file(p)
+    p.write_text('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": "", "deadline": "", "max_new_tokens": ""}\n')
+    (r,) = load_trace_file(p).requests                               # empty optional fields: absent
+    assert (r.weight, r.deadline, r.max_new_tokens) == (1.0, None, None)
+    j = tmp_path / "plain.JSON"
+    j.write_text('[{"t": 0, "client": "a", "in": 2, "out": 3}]')
+    assert load_trace_file(j).requests[0].prompt_tokens == 2        # the suffix in any case
+
+
+def test_behaviour_validation_names_the_field():
+    from serving.engine.behaviour import EngineBehaviour
+    for kw, msg in [({"admission": "fifo"}, "engine custom: admission must be 'sum' or 'slora', got 'fifo'"),
+                    ({"reserve": "half"}, "engine custom: reserve must be 'full' or 'predicted', got 'half'"),
+                    ({"max_batch": 0}, "max_batch must be an integer >= 1, got 0"),
+                    ({"admit_every": 0}, "admit_every must be an integer >= 1, got 0")]:
+        with pytest.raises(ValueError, match=msg):
+            EngineBehaviour(**kw)
+    assert EngineBehaviour(max_batch=1, admit_every=1).max_batch == 1
+
+
+def test_requeue_front_after_preemption():
+    """A preempted request goes back to the head of its client's queue; a client whose queue was empty is
+    backlogged again (logged, and its head changed), one that still waited keeps its place in the heap."""
+    p = make_policy("vtc")
+    a0, a1 = R(0, "a", 0.0, 1, 1), R(1, "a", 0.0, 1, 1)
+    p.add(a0, 0.0, {})
+    _ = p.pop(0.0)
+    v0 = p.heads_version
+    p.requeue_front(a0, {}, 1.0)
+    assert p.backlog_log[-1] == (1.0, "a", True) and p.heads_version == v0 + 1
+    assert p.peek() is a0 and p.waiting == 1
+    p.add(a1, 1.5, {})
+    p.pop(2.0)
+    p.requeue_front(a0, {}, 2.5)                                     # a1 still waits: no new backlog entry
+    assert list(p.queues["a"]) == [a0, a1] and p.backlog_log[-1] != (2.5, "a", True)
+
+
+def test_preemption_bookkeeping():
+    """Preempting engine (predicted reservations on a small cache): after every iteration the reservations of
+    the running requests add up (before issue 11's fix the release used the reservation as of the release, which
+    grows with a predicted one, and `reserved` drifted), the scheduler's count equals the requests', and every
+    evicted request waits at the head of its client's queue."""
+    import dataclasses
+
+    from serving.engine.profiles import get_profile
+    from serving.engine.simulator import Simulator
+    from serving.scheduler import Scheduler
+    prof = dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=3000)
+    pol = make_policy("vtc")
+    pol.behaviour = get_engine("equinox").replace(reserve="predicted", reserve_factor=0.5, admission="sum",
+                                                  block_tokens=16)
+    reqs = [R(i, f"c{i % 3}", i * 0.05, 200, 300) for i in range(30)]
+
+    class Checked(Scheduler):
+        def update_from_output(self, out, now, dt):
+            for v in out.preempted:  # (several of one client: each went to the front, so they lead its queue)
+                n = sum(1 for x in out.preempted if x.client == v.client)
+                assert v.rid not in self.running and v in list(self.policy.queues[v.client])[:n]
+                assert v not in [r for r, _ in out.prefills] and v not in out.admitted
+            tokens = super().update_from_output(out, now, dt)
+            assert self.reserved == sum(self._reservation(r) for r in self.running.values())
+            return tokens
+
+    s = Checked(pol, prof)
+    res = Simulator(s, reqs).run()
+    assert res.preemptions == s.preemptions == sum(r.preemptions for r in reqs) > 0
+    assert all(r.generated == r.output_tokens for r in reqs)
