@@ -12,6 +12,7 @@ from serving.policies.rpm import RPMPolicy
 from serving.policies.vtc import VTCOraclePolicy, VTCPredictedPolicy
 from serving.request import Request as R
 from serving.request import RequestError
+from serving.metrics import summarize
 from serving.workloads import SHAPES, artifact_workload, load_trace_file, shape_skew_workload
 
 
@@ -317,8 +318,12 @@ def test_preemption_bookkeeping():
                                                   block_tokens=16)
     reqs = [R(i, f"c{i % 3}", i * 0.05, 200, 300) for i in range(30)]
 
+    admitted = []
+
     class Checked(Scheduler):
         def update_from_output(self, out, now, dt):
+            admitted.extend(r.rid for r in out.admitted)
+            assert all(any(r is x for x, _ in out.prefills) for r in out.admitted)
             for v in out.preempted:  # (several of one client: each went to the front, so they lead its queue)
                 n = sum(1 for x in out.preempted if x.client == v.client)
                 assert v.rid not in self.running and v in list(self.policy.queues[v.client])[:n]
@@ -331,3 +336,41 @@ def test_preemption_bookkeeping():
     res = Simulator(s, reqs).run()
     assert res.preemptions == s.preemptions == sum(r.preemptions for r in reqs) > 0
     assert all(r.generated == r.output_tokens for r in reqs)
+    assert sorted(set(admitted)) == sorted(r.rid for r in reqs)      # every admission was reported
+    assert all(isinstance(t, float) for t, _, _ in res.backlog_log)  # requeues logged with their time
+    assert summarize(res).finished == 30
+
+
+def test_fair_preemption_evicts_the_leading_clients_newest_and_admits_the_head_at_once():
+    """a holds the cache with four long requests, c (light) has one newer request running; b arrives. Fair
+    preemption evicts a's newest (not c's, though c's is the newest of all), and b is admitted in that same
+    iteration; while b would not fit even after an eviction, nothing is evicted."""
+    import dataclasses
+
+    from serving.engine.profiles import get_profile
+    from serving.engine.simulator import Simulator
+    from serving.scheduler import Scheduler
+
+    def run(b_prompt):
+        prof = dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=6200)
+        reqs = [R(i, "a", 0.0, 1000, 400) for i in range(4)] + [R(10, "c", 0.5, 100, 400),
+                                                                R(20, "b", 3.0, b_prompt, 50)]
+        pol = make_policy("equinox", config=EquinoxConfig(beta=1.0))
+        pol.behaviour = get_engine("equinox").replace(fair_preempt=True, reserve="full", admission="sum",
+                                                      block_tokens=16)
+        events = []
+
+        class Watch(Scheduler):
+            def update_from_output(self, out, now, dt):
+                if out.preempted:
+                    events.append(([v.rid for v in out.preempted], [r.rid for r in out.admitted]))
+                return super().update_from_output(out, now, dt)
+
+        res = Simulator(Watch(pol, prof), reqs).run()
+        assert all(r.generated == r.output_tokens for r in res.requests)
+        return events
+    events = run(1000)
+    assert events and events[0][0] == [3] and 20 in events[0][1], events
+    # b's 4,550 tokens fit beside the others only once three of a's have finished: one eviction, then, and b in
+    events = run(4500)
+    assert events == [([3], [20])], events
