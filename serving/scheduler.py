@@ -477,7 +477,10 @@ class Scheduler:
     def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, int]:
         """Apply an iteration that ended at `now` and took `dt` seconds in total.
 
-        Returns the output tokens emitted per client."""
+        With attribute_gpu, `dt` is handed to the sequences physically (Profile.split, scaled to `dt`): prefill
+        chunks their compute, decodes the shared weight read and their own KV reads; per client in
+        `last_gpu` (weighted), per request in `Request.gpu_s` when it leaves the batch. Returns the output
+        tokens emitted per client."""
         k = out.steps
         tokens: dict[str, int] = {}
         gpu: dict[str, float] = {}
