@@ -97,9 +97,9 @@ def main() -> int:
     print("\n== the resource weight beta (policy table engine; alpha 1, lambda 0.5; beta 0 with lambda 0 is VTC)")
     print(f"{'workload':<16} {'beta':>5} {'tok/s':>8} {'Jain service':>12} {'Jain resource':>13} {'Jain s/tok':>10} "
           f"{'Jain TTFT':>9}")
-    for w in SHAPED:
+    for w in SHAPED + ("lmsys", "sharegpt"):
         wl = load_workload(w)
-        prof = "a10g-llama-7b" if w == "lmsys-shape" else "a100-llama2-7b"
+        prof = "a10g-llama-7b" if w.startswith("lmsys") else "a100-llama2-7b"
         for beta in (1.0, 3.0, 10.0):
             s = summarize(simulate(wl.requests, "equinox", prof, engine="equinox",
                                    policy_kw={"config": EquinoxConfig(beta=beta)}))
