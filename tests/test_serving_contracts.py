@@ -374,3 +374,74 @@ def test_fair_preemption_evicts_the_leading_clients_newest_and_admits_the_head_a
     # b's 4,550 tokens fit beside the others only once three of a's have finished: one eviction, then, and b in
     events = run(4500)
     assert events == [([3], [20])], events
+
+
+def test_equinox_scales_running_mean_then_window_of_100():
+    p = make_policy("equinox")
+    p._rescale(100.0, 2.0)                                           # the first request sets the scales
+    assert (p.scale_u, p.scale_r) == (100.0, 2.0)
+    p._rescale(0.5, 0.0)                                             # floors: a token, a microsecond
+    assert p.scale_u == pytest.approx((100 + 1.0) / 2) and p.scale_r == pytest.approx((2.0 + 1e-6) / 2)
+    for _ in range(98):
+        p._rescale(50.5, 1.0)
+    assert p._n == 100 and p.scale_u == pytest.approx(50.5)
+    p._rescale(150.5, 1.0)                                           # the 101st: weight 1/100, not 1/101
+    assert p.scale_u == pytest.approx(50.5 + (150.5 - 50.5) / 100)
+
+
+def test_equinox_rekeys_only_past_five_percent_drift():
+    p = make_policy("equinox")
+    for i, c in enumerate("ab"):
+        p.add(R(i, c, 0.0, 10, 10), 0.0, {})
+    p._n = 10_000                                                    # weight 1/100 per update
+    p.scale_u, p.scale_r, p.wait_all = 100.0, 1.0, 10.0
+    p.key_scales = (100.0, 1.0, 10.0)
+    p._dirty.clear()
+    p._rescale(100.0 + 100 * 4.0, 1.0)                               # scale_u +4 %: kept
+    assert p.key_scales == (100.0, 1.0, 10.0) and not p._dirty
+    p._rescale(100.0 + 100 * 2.0, 1.0)                               # now +6 %: adopted, waiting clients re-keyed
+    assert p.key_scales[0] == pytest.approx(p.scale_u) and p._dirty == {"a", "b"}
+    p.key_scales, p._dirty = (p.scale_u, 1.0, 10.0), set()
+    u = p.scale_u
+    p._rescale(u, 1.0 + 100 * 0.04)                                  # scale_r +4 %: kept
+    assert p.key_scales == (u, 1.0, 10.0)
+    p._rescale(u, 1.0 + 100 * 0.03)                                  # +7 %: adopted
+    assert p.key_scales[1] == pytest.approx(p.scale_r)
+    p.key_scales = (p.scale_u, p.scale_r, 10.0)
+    p.wait_all = 10.4                                                # +4 % mean wait: kept
+    p._rescale(p.scale_u, p.scale_r)
+    assert p.key_scales[2] == 10.0
+    p.wait_all = 11.0                                                # +10 %: adopted
+    p._rescale(p.scale_u, p.scale_r)
+    assert p.key_scales[2] == 11.0
+    q = make_policy("equinox", config=EquinoxConfig(latency_weight=0.0))  # no latency term: waits do not matter
+    q.key_scales, q.wait_all = (q.scale_u, q.scale_r, 10.0), 20.0
+    q._n = 10_000
+    q._rescale(q.scale_u, q.scale_r)
+    assert q.key_scales[2] == 10.0
+    q.key_scales = (q.scale_u, q.scale_r, 0.0)                       # a first mean wait is adopted at once
+    p2 = make_policy("equinox")
+    p2._n, p2.wait_all, p2.key_scales = 10_000, 0.5, (p2.scale_u, p2.scale_r, 0.0)
+    p2._rescale(p2.scale_u, p2.scale_r)
+    assert p2.key_scales[2] == 0.5
+
+
+def test_equinox_lift_never_lowers_and_finishing_reorders():
+    p = make_policy("equinox", config=EquinoxConfig(alpha=0.0, beta=1.0, latency_weight=0.0))
+    p.add(R(0, "a", 0.0, 10, 10), 0.0, {})
+    p.rfc_base["b"] = 3.5
+    p.add(R(1, "b", 0.0, 10, 10), 0.0, {})                           # b above a: not lifted, not lowered
+    assert p.rfc("b") == pytest.approx(3.5)
+    p.rfc_base["c"] = 0.2
+    p.add(R(2, "c", 0.0, 10, 10), 0.0, {})                           # c above the lowest peer (a, 0): kept
+    assert p.rfc("c") == pytest.approx(0.2)
+    # a runs with a large prediction and waits again; it finishes having used little: it is first again
+    r = p.pop(0.0)
+    assert r.client == "a"
+    r.predicted_gpu_s = 10.0
+    p.on_admit(r, 0.0)
+    p.add(R(3, "a", 0.1, 10, 10), 0.1, {})
+    assert p.peek().client == "c"
+    r.gpu_s = 0.1
+    p.on_finish(r, 1.0)
+    assert p.rfc("a") == pytest.approx(0.1) and p.peek().client == "a"
