@@ -445,3 +445,34 @@ def test_equinox_lift_never_lowers_and_finishing_reorders():
     r.gpu_s = 0.1
     p.on_finish(r, 1.0)
     assert p.rfc("a") == pytest.approx(0.1) and p.peek().client == "a"
+
+
+def test_windowed_service_interpolates_between_uneven_samples():
+    import numpy as np
+
+    from serving.engine.simulator import SimResult
+    from serving.metrics import windowed_service
+    res = SimResult([R(0, "a", 0.0, 1, 1), R(1, "b", 0.0, 1, 1)], ["a", "b"])
+    res.samples_t = np.array([0.0, 3.0, 7.0, 12.0, 21.0])
+    res.samples_service = np.array([[0, 0], [30, 3], [70, 3], [120, 40], [210, 40]], float)
+    res.samples_gpu = res.samples_service / 100.0
+    ends, rate = windowed_service(res, 5.0)
+    assert list(ends) == [5.0, 10.0, 15.0, 20.0, 25.0]
+    edges = np.arange(0.0, 30.0, 5.0)
+    want = np.stack([np.diff(np.interp(edges, res.samples_t, res.samples_service[:, j])) / 5.0 for j in range(2)], 1)
+    assert np.allclose(rate, want)                                   # np.interp per column is the definition
+    assert np.allclose(rate[:, 0], [10.0, 10.0, 10.0, 10.0, 2.0])   # past the last sample: nothing more
+    _, g = windowed_service(res, 5.0, resource=True)
+    assert np.allclose(g, want / 100.0)
+    with pytest.raises(ValueError, match="window must be positive seconds, got 0"):
+        windowed_service(res, 0)
+
+
+def test_ttft_jain_and_vtc_bound_by_hand():
+    from serving.metrics import ttft_jain, vtc_bound
+    a, b, c = R(0, "a", 1.0, 5, 10), R(1, "a", 2.0, 5, 10), R(2, "b", 0.0, 5, 10)
+    a.first_token, b.first_token, c.first_token = 2.0, 4.0, 6.0     # a: mean 1.5 s, b: 6 s
+    assert ttft_jain([a, b, c]) == pytest.approx((1.5 + 6) ** 2 / (2 * (1.5 ** 2 + 6 ** 2)))
+    assert ttft_jain([a, b]) != ttft_jain([a, b])                    # one client: no index (NaN)
+    assert vtc_bound(100, 50) == 200.0 and vtc_bound(300, 10) == 600.0
+    assert vtc_bound(300, 10, w_p=2.0, w_q=1.0) == 1200.0
