@@ -62,10 +62,10 @@ def test_vtc_oracle_charges_once_and_over_weight():
 
 def test_preempt_candidate_picks_the_most_served_past_the_margin():
     p = make_policy("vtc")
-    p.counter.update({"head": 0.0, "a": 500.0, "b": 2000.0})
-    assert p.preempt_candidate("head", {"a": 1, "b": 1}) == "b"    # the highest counter, not the first
-    p.counter["b"] = p.preempt_margin                               # exactly the margin: not past it
-    assert p.preempt_candidate("head", {"b": 1}) is None
+    p.counter.update({"head": 0.0, "a": 2000.0, "b": 500.0})
+    assert p.preempt_candidate("head", {"b": 1, "a": 1}) == "a"    # the highest counter, not the first or last
+    p.counter["a"] = p.preempt_margin                               # exactly the margin: not past it
+    assert p.preempt_candidate("head", {"a": 1}) is None
     assert p.preempt_candidate("head", {"head": 1}) is None
 
 
