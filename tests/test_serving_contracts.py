@@ -476,3 +476,22 @@ def test_ttft_jain_and_vtc_bound_by_hand():
     assert ttft_jain([a, b]) != ttft_jain([a, b])                    # one client: no index (NaN)
     assert vtc_bound(100, 50) == 200.0 and vtc_bound(300, 10) == 600.0
     assert vtc_bound(300, 10, w_p=2.0, w_q=1.0) == 1200.0
+
+
+def test_trace_file_order_names_and_positions(tmp_path):
+    p = tmp_path / "mix.json"
+    p.write_text(json.dumps([{"t": 2, "client": "z", "in": 1, "out": 1, "weight": 2},
+                             {"t": 1, "client": "y", "in": 1, "out": 3, "max_new_tokens": 3},
+                             {"t": 1, "client": "x", "in": 1, "out": 1}]))
+    wl = load_trace_file(p)
+    assert [r.client for r in wl.requests] == ["y", "x", "z"]       # by time, ties in file order
+    assert [r.rid for r in wl.requests] == [0, 1, 2] and wl.requests[0].max_new_tokens == 3   # == output: allowed
+    assert (wl.name, wl.weights, wl.meta) == ("mix", {"z": 2.0}, {"source": str(p)})
+    bad = tmp_path / "second.json"
+    bad.write_text(json.dumps([{"t": 0, "client": "a", "in": 1, "out": 1}, {"t": 0, "client": "a", "in": 1}]))
+    with pytest.raises(RequestError, match="second.json:2: field 'out' missing"):
+        load_trace_file(bad)
+    csv = tmp_path / "empty.csv"
+    csv.write_text("t,client,in,out\n0,a,1,\n")
+    with pytest.raises(RequestError, match="empty.csv:2: field 'out' missing"):
+        load_trace_file(csv)
