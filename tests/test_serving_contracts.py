@@ -302,7 +302,8 @@ def test_requeue_front_after_preemption():
     assert list(p.queues["a"]) == [a0, a1] and p.backlog_log[-1] != (2.5, "a", True)
 
 
-def test_preemption_bookkeeping():
+@pytest.mark.parametrize("policy", ["vtc", "fcfs"])
+def test_preemption_bookkeeping(policy):
     """Preempting engine (predicted reservations on a small cache): after every iteration the reservations of
     the running requests add up (before issue 11's fix the release used the reservation as of the release, which
     grows with a predicted one, and `reserved` drifted), the scheduler's count equals the requests', and every
@@ -313,7 +314,7 @@ def test_preemption_bookkeeping():
     from serving.engine.simulator import Simulator
     from serving.scheduler import Scheduler
     prof = dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=3000)
-    pol = make_policy("vtc")
+    pol = make_policy(policy)
     pol.behaviour = get_engine("equinox").replace(reserve="predicted", reserve_factor=0.5, admission="sum",
                                                   block_tokens=16)
     reqs = [R(i, f"c{i % 3}", i * 0.05, 200, 300) for i in range(30)]
@@ -495,3 +496,30 @@ def test_trace_file_order_names_and_positions(tmp_path):
     csv.write_text("t,client,in,out\n0,a,1,\n")
     with pytest.raises(RequestError, match="empty.csv:2: field 'out' missing"):
         load_trace_file(csv)
+
+
+def test_adaptive_budget_aimd():
+    """The adaptive ablation's AIMD: halve on a preemption (floor 64), shrink by 0.8 per slow step, grow by 32
+    per step while requests wait (cap 4 x the base budget), nothing otherwise."""
+    from serving.engine.profiles import get_profile
+    from serving.scheduler import Scheduler
+    pol = make_policy("equinox")
+    pol.behaviour = get_engine("equinox").replace(adaptive=True, tbt_target_s=0.1)
+    s = Scheduler(pol, get_profile("a100-llama2-7b"))
+    assert s.budget == 512
+    s._adapt(0.05, 3)                                                # fast steps, nobody waiting: unchanged
+    assert s.budget == 512
+    pol.add(R(0, "a", 0.0, 1, 1), 0.0, {})
+    s._adapt(0.05, 3)
+    assert s.budget == 512 + 96
+    s._adapt(0.2, 2)                                                 # slow: 0.8 per step
+    assert s.budget == int(608 * 0.8 ** 2)
+    s._adapt(0.05, 1, preempted=True)
+    assert s.budget == int(608 * 0.64) // 2
+    for _ in range(10):
+        s._adapt(0.05, 1, preempted=True)
+    assert s.budget == 64
+    s._adapt(0.05, 10_000)
+    assert s.budget == 4 * 512
+    s._adapt(0.5, 100)
+    assert s.budget == 64
