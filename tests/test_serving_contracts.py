@@ -523,3 +523,66 @@ def test_adaptive_budget_aimd():
     assert s.budget == 4 * 512
     s._adapt(0.5, 100)
     assert s.budget == 64
+
+
+# third round --------------------------------------------------------------------------------------------
+def test_behaviour_refuses_booleans_strings_and_zero():
+    from serving.engine.behaviour import EngineBehaviour
+    for kw, msg in [({"max_batch": True}, "max_batch must be an integer >= 1, got True"),
+                    ({"batch_max_tokens": -2}, "batch_max_tokens must be an integer >= -1, got -2"),
+                    ({"reserve_factor": True}, "reserve_factor must be a positive number, got True"),
+                    ({"tbt_target_s": "x"}, "tbt_target_s must be a positive number, got 'x'"),
+                    ({"tbt_target_s": 0}, "engine custom: tbt_target_s must be a positive number, got 0")]:
+        with pytest.raises(ValueError, match=msg):
+            EngineBehaviour(**kw)
+
+
+def test_equinox_config_and_constructor():
+    with pytest.raises(ValueError, match="beta must be >= 0, got -1"):
+        EquinoxConfig(beta=-1)
+    with pytest.raises(ValueError, match="^alpha and beta cannot both be 0$"):
+        EquinoxConfig(alpha=0, beta=0)
+    from serving.policies.equinox import EquinoxPolicy
+    p = EquinoxPolicy(get_engine("artifact"), w_q=5.0)
+    assert p.behaviour.name == "artifact" and p.w_q == 5.0
+
+
+def test_equinox_wait_is_measured_from_arrival_and_priority_credit_under_a_second():
+    p = make_policy("equinox")
+    p.on_admit(R(0, "a", 5.0, 10, 10), 12.0)
+    assert p.wait["a"] == pytest.approx(7.0) and p.wait_all == pytest.approx(7.0)
+    q = make_policy("equinox", config=EquinoxConfig(alpha=1.0, beta=1.0, latency_weight=0.5))
+    q.key_scales = (100.0, 4.0, 0.5)
+    assert q.priority("never-seen") == pytest.approx(0.0)            # no counter, no measurement, mean wait
+    q.counter["a"], q.wait["a"] = 300.0, 1.25                         # 2.5x a mean wait of 0.5 s: clipped
+    assert q.priority("a") == pytest.approx((300 - 50) / 100)
+
+
+def test_rescale_waits_under_a_second():
+    p = make_policy("equinox")
+    p._n, p.wait_all = 10_000, 0.51
+    p.key_scales = (p.scale_u, p.scale_r, 0.5)                        # +2 %: kept
+    p._rescale(p.scale_u, p.scale_r)
+    assert p.key_scales[2] == 0.5
+
+
+def test_windowed_service_before_the_first_sample_and_dense_samples():
+    import numpy as np
+
+    from serving.engine.simulator import SimResult
+    from serving.metrics import windowed_service
+    res = SimResult([R(0, "a", 0.0, 1, 1)], ["a"])
+    res.samples_t = np.array([1.0, 1.25, 1.5, 3.0])                 # first sample after t = 0, spacing < 1 s
+    res.samples_service = np.array([[10.0], [12.0], [16.0], [16.0]])
+    ends, rate = windowed_service(res, 0.5)
+    edges = np.arange(0.0, 3.5, 0.5)
+    want = np.diff(np.interp(edges, res.samples_t, res.samples_service[:, 0])) / 0.5
+    assert np.allclose(rate[:, 0], want) and rate[0, 0] == 0.0       # nothing extrapolated before t = 1
+
+
+def test_trace_unknown_field_lists_the_fields(tmp_path):
+    p = tmp_path / "u.jsonl"
+    p.write_text('{"t": 0, "client": "a", "in": 1, "out": 1, "prio": 3}\n')
+    with pytest.raises(RequestError, match=r"u.jsonl:1: unknown field 'prio' \(fields: client, deadline, in, "
+                                           r"max_new_tokens, out, t, weight\)"):
+        load_trace_file(p)
