@@ -586,3 +586,31 @@ def test_trace_unknown_field_lists_the_fields(tmp_path):
     with pytest.raises(RequestError, match=r"u.jsonl:1: unknown field 'prio' \(fields: client, deadline, in, "
                                            r"max_new_tokens, out, t, weight\)"):
         load_trace_file(p)
+
+
+def test_load_workload_passes_its_options_on():
+    from serving.workloads import load_workload
+    a = load_workload("sharegpt", seed=3, n=50, rate=2.0, max_new_tokens=3000)
+    b = load_workload("sharegpt", seed=4, n=50, rate=2.0)
+    assert len(a.requests) == 50 and a.meta["rate"] == 2.0
+    assert [r.arrival for r in a.requests] != [r.arrival for r in b.requests]           # the seed reaches it
+    assert all(r.max_new_tokens is not None and r.max_new_tokens >= r.output_tokens for r in a.requests)
+    assert all(r.max_new_tokens is None for r in b.requests)
+    assert all(r.max_new_tokens == max(1024, r.output_tokens)
+               for r in load_workload("lmsys", max_new_tokens=1024).requests)
+    s = load_workload("shape-skew", seed=5, duration=30.0)
+    assert max(r.arrival for r in s.requests) < 30.0
+    assert s.requests[0].arrival != load_workload("shape-skew", seed=6, duration=30.0).requests[0].arrival
+
+
+def test_heads_version_changes_whenever_a_head_may():
+    p = make_policy("vtc")
+    seen = [p.heads_version]
+    p.add(R(0, "a", 0.0, 1, 1), 0.0, {})                             # a new head
+    seen.append(p.heads_version)
+    p.add(R(1, "a", 0.0, 1, 1), 0.0, {})                             # behind it: no head changed
+    assert p.heads_version == seen[-1]
+    for _ in range(2):
+        p.pop(0.0)                                                   # each pop changes a head
+        seen.append(p.heads_version)
+    assert len(set(seen)) == len(seen), seen
