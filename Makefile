@@ -19,7 +19,7 @@ help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo|loaded|rcb_split|numa|ideal] [SIM=verilator|icarus] [WIDTH=64|128|256] [HOST=...] [WAVES=1]"
 	@echo "make test          every test (unit + simulation), what CI runs"
 	@echo "make bench-sim     Verilator vs Icarus on one scenario;  make bench-rules   checker throughput"
-	@echo "make bench-serving Equinox vs VTC vs FCFS (LMSYS, ShareGPT), decision cost, A10G calibration"
+	@echo "make bench-serving the README's serving commands, shape-skew targets, speed at 1,000 clients, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
 
 setup: $(STAMP)

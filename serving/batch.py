@@ -11,13 +11,17 @@ The aggregates the scheduler needs every iteration are kept incrementally:
   * KV *blocks* held (block-granular, exact): with ``x_r = bt * q_r + m_r``, a member holds
     ``q_r + Q + c(m_r + R)`` blocks at ``steps = bt * Q + R``, where ``c(v)`` is 0, 1 or 2 as ``v`` is 0, in
     ``[1, bt]`` or above ``bt``; so a histogram of the residues ``m_r`` gives the total in O(bt) C-level work;
-  * decoding sequences per client (tokens and GPU time are charged per client, not per request);
+  * decoding sequences per client and the sum of their ``x_r`` (tokens and GPU time are charged per client,
+    not per request; a client's KV tokens are ``kv_client[c] + per_client[c] * steps``);
   * a heap of the step at which each member finishes, so finishes are found in O(log n).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+
+import numpy as np
 
 from serving.request import Request
 
@@ -31,6 +35,7 @@ class DecodeSet:
         self.q_sum = 0                       # sum of q_r
         self.residues = [0] * block_tokens   # histogram of m_r
         self.per_client: dict[str, int] = {}
+        self.kv_client: dict[str, int] = {}  # sum of x_r over the client's members
         self._fin: list[tuple[int, int, Request]] = []   # (step it finishes at, admission seq, request)
 
     def __len__(self) -> int:
@@ -50,6 +55,7 @@ class DecodeSet:
         self.q_sum += q
         self.residues[m] += 1
         self.per_client[r.client] = self.per_client.get(r.client, 0) + 1
+        self.kv_client[r.client] = self.kv_client.get(r.client, 0) + x
         heapq.heappush(self._fin, (self.steps + r.output_tokens - r.generated, r.seq, r))
 
     def sync(self, r: Request) -> None:
@@ -71,8 +77,10 @@ class DecodeSet:
         n = self.per_client[r.client] - 1
         if n:
             self.per_client[r.client] = n
+            self.kv_client[r.client] -= x
         else:
             del self.per_client[r.client]
+            del self.kv_client[r.client]
         # its heap entry goes stale; _live() skips it
 
     # steps --------------------------------------------------------------------------------------
@@ -133,3 +141,70 @@ class DecodeSet:
         for r in rs:
             self.sync(r)
         return rs
+
+
+class PeakTable:
+    """S-LoRA's admission test (_can_add_new_req) over the decoding requests, kept sorted between changes.
+
+    Each decoding request is (F, X): with s global decode steps run, its reserved output still to come is F - s
+    and its KV tokens X + s, both fixed while it decodes; sorted by F the order never changes, and the k-th
+    term of the peak formula, left_k * k + sum_{i<=k} held_i, is F_k * k + sum_{i<=k} X_i: independent of s.
+    So the sorted arrays and their prefix maximum are rebuilt only when a request joins or leaves, and a test
+    with a few extra entries (prefilling requests, the candidate) costs a binary search and one vector pass per
+    extra. Ties in remaining output do not matter: within a tie the terms grow, and the last one counts them all.
+    """
+
+    def __init__(self):
+        self.entries: dict[int, tuple[int, int]] = {}   # rid -> (F, X)
+        self._cache: tuple | None = None
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set(self, rid: int, f: int, x: int) -> None:
+        self.entries[rid] = (f, x)
+        self._cache = None
+
+    def pop(self, rid: int) -> None:
+        if self.entries.pop(rid, None) is not None:
+            self._cache = None
+
+    def arrays(self):
+        """(F sorted descending, cumulative X in that order, the terms F_k * k + cumX_k, their prefix maximum)."""
+        if self._cache is None:
+            n = len(self.entries)
+            if n:
+                fx = np.array(list(self.entries.values()), dtype=float)   # (n, 2)
+                order = np.argsort(-fx[:, 0], kind="stable")
+                f = fx[order, 0]
+                cum_x = np.cumsum(fx[order, 1])
+                terms = f * np.arange(1, n + 1) + cum_x
+                self._cache = (f, cum_x, terms, np.maximum.accumulate(terms), -f)
+            else:
+                z = np.zeros(0)
+                self._cache = (z, z, z, z, z)
+        return self._cache
+
+    def need(self, steps: int, extra: list[tuple[int, int]]) -> int:
+        """max_k(left_k * k + sum_{i<=k} held_i) over the decoding requests and `extra` (held, left) entries,
+        sorted by left descending."""
+        f, cum_x, terms, prefix, neg_f = self.arrays()
+        n = len(f)
+        if not extra:
+            return int(prefix[-1]) if n else 0
+        s = steps
+        best = -math.inf
+        held_before = 0.0   # held tokens of the extra entries sorted before
+        prev = 0            # decoding requests sorted before the current extra entry
+        for i, (h, left) in enumerate(sorted(extra, key=lambda e: -e[1])):
+            m = int(np.searchsorted(neg_f, -(left + s), side="left"))  # decoders with F - s > left
+            if m > prev:  # decoders prev..m-1 have i extra entries sorted before them
+                seg = prefix[m - 1] if i == 0 else (terms[prev:m] + i * (f[prev:m] - s)).max() + held_before
+                best = max(best, seg)
+            held_before += h
+            best = max(best, left * (m + i + 1) + (cum_x[m - 1] + s * m if m else 0.0) + held_before)
+            prev = m
+        if prev < n:
+            e = len(extra)
+            best = max(best, (terms[prev:] + e * (f[prev:] - s)).max() + held_before)
+        return int(best)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from serving.engine.behaviour import EngineBehaviour
 from serving.metrics import Summary, jain_over_time, summarize, windowed_service
 from serving.run import simulate
 from serving.workloads import Workload
@@ -16,13 +17,17 @@ from serving.workloads import Workload
 ABLATIONS = {
     "no-chunked": {"chunked_prefill": False},   # whole-prompt prefills that stall decodes
     "adaptive": {"adaptive": True},              # AIMD token budget (TBT target, KV pressure)
-    "full-reserve": {"reserve": "full"},         # reserve max_new_tokens instead of the predicted output
+    "predicted-reserve": {"reserve": "predicted", "reserve_factor": 1.5, "admission": "sum", "block_tokens": 16},
+                                                 # reserve 1.5 x MoPE's prediction (16-token blocks), preempt if short
     "fair-preempt": {"fair_preempt": True},      # evict the most over-served client's newest request for the head
 }
 
 
 def run_bench(wl: Workload, policies: list[str], profile: str, ablate: list[str] | None = None,
-              progress: bool = True) -> dict[str, tuple[Summary, object, float]]:
+              progress: bool = True, engine: str | EngineBehaviour | None = None, window: float = 10.0,
+              policy_kw: dict | None = None) -> dict[str, tuple[Summary, object, float]]:
+    """Each policy on `engine` (None: each on its own engine, the system comparison), plus Equinox ablations.
+    policy_kw: per policy name, keyword arguments for its constructor (e.g. {"rpm": {"limit": 20}})."""
     variants: list[tuple[str, str, dict]] = [(p, p, {}) for p in policies]
     for a in ablate or []:
         if a not in ABLATIONS:
@@ -32,30 +37,46 @@ def run_bench(wl: Workload, policies: list[str], profile: str, ablate: list[str]
     for label, pol, beh in variants:
         bar = tqdm(total=len(wl.requests), desc=f"{wl.name}: {label}", unit="req", disable=not progress, leave=False)
         t0 = time.perf_counter()
-        res = simulate(wl.requests, pol, profile, behaviour=beh, progress=bar)
+        res = simulate(wl.requests, pol, profile, behaviour=beh, progress=bar, engine=engine,
+                       policy_kw=(policy_kw or {}).get(pol))
         wall = time.perf_counter() - t0
         bar.close()
-        results[label] = (summarize(res), res, wall)
+        results[label] = (summarize(res, window), res, wall)
     return results
 
 
-def format_table(results, base: str = "vtc") -> str:
+def engine_label(engine, label: str) -> str:
+    from serving.policies import make_policy
+    if engine is not None:
+        return engine.name if isinstance(engine, EngineBehaviour) else str(engine)
+    return make_policy(label.split("/")[0]).behaviour.name
+
+
+def _j(x: float, s: Summary) -> str:
+    return f"{x:5.3f} ({s.contended_windows}/{s.windows})" if x == x else f"  nan ({s.contended_windows}/{s.windows})"
+
+
+def format_table(results, base: str = "vtc", engine=None) -> str:
+    """One row per policy; Jain's indices over windows carry (contended windows / windows) beside them."""
     b = results.get(base, (None,))[0]
 
     def ratio(x, y):
         return f"{x / y:5.2f}x" if b is not None and y else "   - "
 
-    head = (f"{'policy':<22} {'tok/s':>8} {'vs VTC':>7} {'TTFT s':>8} {'vs VTC':>7} {'p99 TTFT':>9} {'Jain':>6} "
-            f"{'vs VTC':>7} {'contend':>7} {'Jain lat':>8} {'vs VTC':>7} {'Jain res':>8} {'GPU util':>8} {'SM util':>7} {'gap/bound':>9} {'preempt':>7} {'req/wall s':>10}")
+    head = (f"{'policy':<22} {'engine':<9} {'tok/s':>8} {'vs VTC':>7} {'TTFT s':>8} {'vs VTC':>7} {'p99 TTFT':>9} "
+            f"{'Jain service':>16} {'vs VTC':>7} {'Jain resource':>16} {'vs VTC':>7} {'Jain s/tok':>10} {'vs VTC':>7} "
+            f"{'Jain TTFT':>9} {'vs VTC':>7} {'gap/bound':>9} {'preempt':>7} {'reject':>6} {'req/wall s':>10}")
     lines = [head, "-" * len(head)]
     for label, (s, _, wall) in results.items():
         lines.append(
-            f"{label:<22} {s.throughput_tok_s:8.1f} {ratio(s.throughput_tok_s, b.throughput_tok_s if b else 0):>7} "
-            f"{s.ttft_mean:8.2f} {ratio(s.ttft_mean, b.ttft_mean if b else 0):>7} {s.ttft_p99:9.2f} {s.jain:6.3f} "
-            f"{ratio(s.jain, b.jain if b else 0):>7} {s.contended * 100:6.0f}% {s.jain_latency:8.3f} "
-            f"{ratio(s.jain_latency, b.jain_latency if b else 0):>7} {s.jain_resource:8.3f} {s.gpu_util * 100:7.1f}% "
-            f"{s.sm_util * 100:6.1f}% {s.max_gap / s.vtc_bound:9.2f} "
-            f"{s.preemptions:7d} {s.requests / wall:10.0f}")
+            f"{label:<22} {engine_label(engine, label):<9} {s.throughput_tok_s:8.1f} "
+            f"{ratio(s.throughput_tok_s, b.throughput_tok_s if b else 0):>7} "
+            f"{s.ttft_mean:8.2f} {ratio(s.ttft_mean, b.ttft_mean if b else 0):>7} {s.ttft_p99:9.2f} "
+            f"{_j(s.jain, s):>16} {ratio(s.jain, b.jain if b else 0):>7} {_j(s.jain_resource, s):>16} "
+            f"{ratio(s.jain_resource, b.jain_resource if b else 0):>7} {s.jain_latency:10.3f} "
+            f"{ratio(s.jain_latency, b.jain_latency if b else 0):>7} {s.jain_ttft:9.3f} "
+            f"{ratio(s.jain_ttft, b.jain_ttft if b else 0):>7} {s.max_gap / s.vtc_bound:9.2f} "
+            f"{s.preemptions:7d} {s.rejected:6d} {s.requests / wall:10.0f}")
     return "\n".join(lines)
 
 

@@ -212,10 +212,17 @@ class MoPE:
 
     @staticmethod
     def predict_resources(profile: Profile, prompt: int, out: float, batch: int, batch_kv: int) -> tuple[float, float, float]:
-        """(GPU-seconds attributed to the request, tokens/s it will see, GPU utilisation of its batch)."""
-        step, util = profile.iteration([], batch + 1, batch_kv + prompt + int(out / 2))
-        prefill, _ = profile.iteration([(prompt, 0)], 0, 0)
-        gpu_s = prefill + step * out / (batch + 1)
+        """(GPU-seconds attributed to the request, tokens/s it will see, GPU utilisation of its batch).
+
+        Attributed as the engine attributes measured time (Profile.split): the prompt's GEMM tokens and
+        quadratic attention (however it is chunked, sum c (ctx + c / 2) = prompt^2 / 2), then `out` decode steps
+        in a batch of batch + 1, each paying its share of the step and the reads of its own KV (prompt + the
+        tokens generated so far)."""
+        n, kv = batch + 1, batch_kv + prompt + int(out / 2)
+        step, util = profile.iteration([], n, kv)
+        seq, coef = profile.split([], n, kv)[1:]
+        prefill = profile.tok_s * prompt + profile.attn_s * prompt * prompt / 2
+        gpu_s = prefill + out * (seq + coef * (prompt + out / 2))
         return gpu_s, 1.0 / step, util
 
 

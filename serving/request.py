@@ -28,7 +28,8 @@ class Request:
     expert_preds: tuple | None = None  # MoPE's experts' predictions behind predicted_output
     predicted_gpu_s: float = 0.0  # GPU-seconds the predictor attributed to it at admission
     gpu_s: float = 0.0            # measured GPU-seconds attributed to it in its current residency (over its weight)
-    gpu_mark: float = 0.0         # the engine's per-sequence decode GPU-seconds when it last started decoding
+    gpu_mark: tuple = (0.0, 0.0, 0.0)  # the engine's decode attribution totals when it last started decoding
+    reserved_kv: int = 0          # KV tokens the engine reserved for it at its last admission
     prefilled: int = 0            # prompt (and recomputed) tokens already prefilled
     decoded: int = 0              # decode steps since the last (re)prefill (their KV entries)
     prefill_goal: int = 0         # tokens to prefill in this residency: prompt, plus generated ones after a preemption
@@ -37,6 +38,7 @@ class Request:
     first_token: float | None = None
     finished: float | None = None
     preemptions: int = 0
+    rejected: bool = False        # refused at arrival by the policy's admission control (never served)
     seq: int = 0                  # admission sequence number in the engine (set at each admission)
     dstart: int = 0               # engine decode step at which decoded/generated were last brought up to date
 

@@ -16,7 +16,9 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from serving.batch import DecodeSet
+import numpy as np
+
+from serving.batch import DecodeSet, PeakTable
 from serving.engine.profiles import Profile
 from serving.policies.base import Policy
 from serving.predictors import MoPE
@@ -51,35 +53,82 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, policy: Policy, profile: Profile, predictor: MoPE | None = None):
+    """Iteration-level scheduler of one replica: `policy` orders the requests and owns the engine behaviour
+    (policy.behaviour), `profile` is the execution-time model (used for predictions and GPU-time attribution),
+    `predictor` predicts output lengths. attribute_gpu=False leaves GPU-second measurement to the caller
+    (an engine that measures it reports through the policy, e.g. EquinoxPolicy.record_measured)."""
+
+    def __init__(self, policy: Policy, profile: Profile, predictor: MoPE | None = None, attribute_gpu: bool = True):
         self.policy = policy
         self.b = policy.behaviour
         self.profile = profile
         self.predictor = predictor or MoPE()
+        self.attribute_gpu = attribute_gpu
+        self.bt = self.b.block_tokens             # KV allocation granularity (the engine's)
+        self.kv_capacity = profile.kv_capacity_tokens
         self.running: dict[int, Request] = {}     # rid -> request, admission order
         self.prefilling: list[Request] = []       # running requests still in prefill, admission order
-        self.dec = DecodeSet(profile.block_tokens)
+        self.dec = DecodeSet(self.bt)
+        # the admission test's view of each decoding request (S-LoRA's _can_add_new_req): with s decode steps
+        # run, remaining reserved output = F - s and tokens held = X + s; both fixed while it decodes
+        self._peak = PeakTable()
+        self._virtual: tuple[int, int] = (0, 0)   # the smallest (held, left) over the waiting heads ...
+        self._virtual_key: tuple | None = None    # ... as of this policy heads version (and predictor version)
+        self.rejected: list[Request] = []         # refused at arrival by the policy's admission control
+        # KV fits by construction (no preemption) when whole outputs are reserved token- or block-exactly
+        self._kv_guaranteed = self.b.reserve == "full" and (self.b.admission == "sum" or self.bt == 1)
+        bmt = self.b.batch_max_tokens
+        self.batch_max_tokens = max(self.kv_capacity // 6, 2048 + 1024) if bmt < 0 else bmt  # 0: no limit
         self.pre_kv = 0                           # KV tokens held by the prefilling requests
         self.running_by_client: dict[str, int] = defaultdict(int)
-        self.kv_capacity = profile.kv_capacity_tokens
         self.reserved = 0                         # tokens reserved by running requests
         self.decode_iters = 0                     # decode iterations since the last admission check
-        self.decode_gpu = 0.0                     # GPU-seconds attributed to each decoding sequence so far (unweighted)
+        # GPU-seconds attributed to the decoding sequences so far (unweighted; Profile.split): a sequence that held
+        # x + s KV tokens at each global decode step s it ran pays decode_gpu + x * decode_kv_coef + decode_kv_coef_s
+        # accumulated over those steps
+        self.decode_gpu = 0.0
+        self.decode_kv_coef = 0.0
+        self.decode_kv_coef_s = 0.0
         self.budget = self.b.token_budget         # current token budget (adaptive)
         self.preemptions = 0
         self.finished: list[Request] = []
         self.gpu_used: dict[str, float] = defaultdict(float)  # weighted GPU-seconds attributed per client
+        self.last_gpu: dict[str, float] = {}      # the last update's attribution per client
         self.w_of: dict[str, float] = {}          # client -> weight (a client has one)
         self._seq = 0
 
     # arrivals -----------------------------------------------------------------------------------
-    def add_request(self, req: Request, now: float) -> None:
+    def add_request(self, req: Request, now: float) -> bool:
+        """A request arrives; False if the policy's admission control rejected it (req.rejected is set)."""
         first = self.policy.rep.get(req.client, req)  # the client's first request
         if first.weight != req.weight:
             raise RequestError(f"request {req.rid} ({req.client}): weight {req.weight} differs from the weight "
                                f"{first.weight} of the client's request {first.rid}; a client has one weight")
+        self.check_servable(req)
         self.w_of[req.client] = req.weight
+        if not self.policy.accept(req, now):
+            req.rejected = True
+            self.rejected.append(req)
+            return False
         self.policy.add(req, now, self.running_by_client)
+        return True
+
+    def check_servable(self, req: Request) -> None:
+        """Refuse a request this engine could never admit, even alone (it would wait forever)."""
+        cap, b = self.kv_capacity, self.b
+        total = req.prompt_tokens + req.max_output
+        if b.admission == "slora":
+            room = cap - b.adapter_kv_tokens
+            ok = total < room
+        else:
+            room = cap
+            ok = self._blocks(total) <= room
+        if not ok:
+            raise RequestError(f"request {req.rid} ({req.client}): {req.prompt_tokens}+{req.max_output} tokens can "
+                               f"never fit the KV cache of {room} tokens")
+        if self.batch_max_tokens and req.prompt_tokens > self.batch_max_tokens:
+            raise RequestError(f"request {req.rid} ({req.client}): prompt of {req.prompt_tokens} tokens exceeds the "
+                               f"engine's batch_max_tokens {self.batch_max_tokens}")
 
     def _predict(self, r: Request) -> float:
         """MoPE's output prediction for a waiting request, as it would be made now (recomputed only when the
@@ -101,13 +150,43 @@ class Scheduler:
 
     # KV accounting --------------------------------------------------------------------------------
     def _blocks(self, tokens: float) -> int:
-        bt = self.profile.block_tokens
+        bt = self.bt
         return int(math.ceil(tokens / bt)) * bt
 
+    def _reserved_output(self, req: Request) -> int:
+        """Output tokens the engine holds KV for: max_new_tokens, or the padded prediction (at least one more
+        than generated, at most max_new_tokens)."""
+        if self.b.reserve == "full":
+            return req.max_output
+        out = int(math.ceil(max(req.predicted_output * self.b.reserve_factor, 1.0)))
+        return min(max(out, req.generated + 1), req.max_output)
+
     def _reservation(self, req: Request) -> int:
-        out = req.max_output if self.b.reserve == "full" else \
-            min(max(req.predicted_output * self.b.reserve_factor, 1.0), req.max_output)
-        return self._blocks(req.prompt_tokens + out)
+        return self._blocks(req.prompt_tokens + self._reserved_output(req))
+
+    def slora_need(self, extra: list[tuple[int, int]]) -> int:
+        """S-LoRA's admission test (slora/server/router/req_queue.py, _can_add_new_req): with every request as
+        (tokens held, reserved output still to come), sorted by the latter descending, the KV the batch will
+        need at its peak is max_k(left_k * k + sum_{i<=k} held_i) (request k finishes while the k-1 before it
+        still grow). `extra`: (held, left) of requests not decoding yet (prefilling, candidates)."""
+        return self._peak.need(self.dec.steps, extra)
+
+    def _slora_entry(self, r: Request) -> tuple[int, int]:
+        """(held, left) of a request that has not started decoding, as S-LoRA counts a candidate:
+        (input + 1, max_new_tokens - 1) for a new one; a recomputed one holds its generated tokens too."""
+        return r.prompt_tokens + r.generated + 1, self._reserved_output(r) - r.generated - 1
+
+    def _start_decoding(self, r: Request) -> None:
+        self.dec.add(r)
+        r.gpu_mark = (self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s)
+        if self.b.admission == "slora":
+            # left = R - generated_now - 1 = (R - generated + dstart - 1) - steps; held = kv + 1
+            self._peak.set(r.rid, self._reserved_output(r) - r.generated + r.dstart - 1,
+                           r.prefilled + r.decoded - r.dstart + 1)
+
+    def _stop_decoding(self, r: Request) -> None:
+        self.dec.remove(r)
+        self._peak.pop(r.rid)
 
     @property
     def kv_total(self) -> int:
@@ -116,7 +195,7 @@ class Scheduler:
 
     def kv_used(self) -> int:
         """KV-cache tokens held now (block granular)."""
-        bt = self.profile.block_tokens
+        bt = self.bt
         return (self.dec.kv_blocks() + sum(-(-r.prefilled // bt) for r in self.prefilling)) * bt
 
     def batch(self) -> list[Request]:
@@ -139,29 +218,37 @@ class Scheduler:
                 out.prefills.append((r, c))
                 room -= c
             evicted = False
+            round_tokens = 0
             while room > 0 and self.policy.waiting and len(self.running) < self.b.max_batch:
                 head = self.policy.peek()
-                if not self._fits(head):
+                if not self._fits(head, round_tokens):
                     if self.b.fair_preempt and not evicted and self._fair_preempt(head, out, now):
                         evicted = True
                         continue
                     break
                 r = self._admit(now)
+                round_tokens += r.prefill_goal
                 out.admitted.append(r)
                 c = min(r.prefill_goal - r.prefilled, room)
                 out.prefills.append((r, c))
                 room -= c
         else:
-            # the VTC artifact's engine: new requests are looked at every `admit_every` decode steps (or when
-            # idle); admitted prompts are prefilled whole in an iteration of their own, pausing decodes
+            # the VTC artifact's engine (S-LoRA router, manager._step): when idle, or once `admit_every` decode
+            # steps have passed since the last admission, the policy's head requests are admitted while they pass
+            # the KV test (and batch_max_tokens), and prefilled whole in an iteration of their own that pauses
+            # decodes; when nothing could be admitted the engine decodes and tries again at the next step
             if self.prefilling:
                 out.prefills = [(r, r.prefill_goal - r.prefilled) for r in self.prefilling]
             elif self.policy.waiting and (not n_dec or self.decode_iters >= self.b.admit_every):
-                self.decode_iters = 0
-                while self.policy.waiting and len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
+                round_tokens = 0
+                while self.policy.waiting and len(self.running) < self.b.max_batch and \
+                        self._fits(self.policy.peek(), round_tokens):
                     r = self._admit(now)
+                    round_tokens += r.prefill_goal
                     out.admitted.append(r)
                     out.prefills.append((r, r.prefill_goal - r.prefilled))
+                if out.admitted:
+                    self.decode_iters = 0
             if not out.prefills:
                 out.decode = n_dec > 0
         self._make_room(out, now)
@@ -174,10 +261,21 @@ class Scheduler:
             out.decode_kv = self.dec.kv()
         return out
 
-    def _fits(self, req: Request) -> bool:
-        """Would the waiting request's reservation fit, with the prediction that admitting it now would use?"""
+    def _fits(self, req: Request, round_tokens: int = 0) -> bool:
+        """Would the waiting request pass the engine's admission test now (with the prediction that admitting it
+        now would use)? `round_tokens`: prompt tokens already admitted in this prefill batch."""
         self._predict(req)
-        return self.reserved + self._reservation(req) <= self.kv_capacity
+        b = self.b
+        if len(self.running) >= b.max_batch:
+            return False
+        if self.batch_max_tokens and round_tokens + req.prompt_tokens + req.generated > self.batch_max_tokens:
+            return False
+        if b.admission == "sum":
+            return self.reserved + self._reservation(req) <= self.kv_capacity
+        extra = [self._slora_entry(r) for r in self.prefilling]
+        extra.append(self._slora_entry(req))
+        clients = len(self.running_by_client) + (req.client not in self.running_by_client)
+        return self.slora_need(extra) < self.kv_capacity - b.adapter_kv_tokens * clients
 
     def _admit(self, now: float) -> Request:
         r = self.policy.pop(now)
@@ -191,11 +289,61 @@ class Scheduler:
         self.running[r.rid] = r
         self.prefilling.append(r)
         self.running_by_client[r.client] += 1
-        self.reserved += self._reservation(r)
+        r.reserved_kv = self._reservation(r)  # fixed for this residency (a predicted one does not follow it)
+        self.reserved += r.reserved_kv
         if r.admitted is None:
             r.admitted = now
         self.policy.on_admit(r, now)
         return r
+
+    def _admission_possible(self) -> bool:
+        """Could some request be admitted at the next iteration? While decodes run, a counter-based policy's
+        head may change (counters grow), so unless the policy's head is fixed, every waiting client's head
+        counts; the KV test only loosens when a request finishes, so False holds until then."""
+        pol = self.policy
+        if len(self.running) >= self.b.max_batch:
+            return False
+        if not pol.head_moves_on_decode:
+            return self._fits(pol.peek())
+        if self.b.admission == "sum":
+            return any(self._fits(q[0]) for q in pol.queues.values() if q)
+        # S-LoRA's need grows with a candidate's held and remaining tokens: if the smallest of each (over all
+        # heads, as if its client already ran) does not fit, no head does. The two minima change only when a
+        # head does (or, reserving predictions, when the predictor learns): kept until then
+        key = (pol.heads_version, None if self.b.reserve == "full" else getattr(self.predictor, "version", None))
+        if self._virtual_key != key:
+            heads = [q[0] for q in pol.queues.values() if q]
+            if self.b.reserve != "full":
+                for h in heads:
+                    self._predict(h)
+            self._virtual = (min(h.prompt_tokens + h.generated + 1 for h in heads),
+                             min(self._reserved_output(h) - h.generated - 1 for h in heads))
+            self._virtual_key = key
+        held, left = self._virtual
+        extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
+        return self.slora_need(extra) < self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)
+
+    def _blocked_steps(self) -> int:
+        """With S-LoRA's test, decode steps during which no waiting request can pass it (after
+        _admission_possible() said none passes now). As decodes advance, the terms of the peak formula for the
+        decoding requests sorted after the candidate fall by one token per step, the others stay or grow, until
+        a decoding request's remaining output falls below the candidate's (its place in the order changes): so
+        the need falls by at most one per step until then."""
+        if self.b.admission != "slora" or not self._peak:
+            return 1 << 30
+        pol = self.policy
+        if pol.head_moves_on_decode:
+            held, left = self._virtual
+        else:
+            held, left = self._slora_entry(pol.peek())
+        extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
+        room = self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)  # the largest it can be
+        excess = self.slora_need(extra) - room + 1            # the need must fall by this much
+        s = self.dec.steps
+        F = self._peak.arrays()[0]
+        ahead = F[F - s >= left]                              # decoders sorted before the candidate
+        cross = int((ahead - left - s + 1).min()) if len(ahead) else 1 << 30
+        return max(1, min(int(excess), cross))
 
     def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
         """The head request waits for KV room while a client far ahead of it in the policy's order holds the
@@ -206,7 +354,7 @@ class Scheduler:
         # the client's newest request that was never preempted: each request is recomputed at most once for
         # fairness, so the engine cannot thrash between two clients
         victim = next((r for r in reversed(self.running.values()) if r.client == c and not r.preemptions), None)
-        if victim is None or self.reserved - self._reservation(victim) + self._reservation(head) > self.kv_capacity:
+        if victim is None or self.reserved - victim.reserved_kv + self._reservation(head) > self.kv_capacity:
             return False
         self._preempt(victim, out, now)
         return True
@@ -220,10 +368,10 @@ class Scheduler:
 
     def _make_room(self, out: SchedulerOutput, now: float) -> None:
         """Preempt the latest-admitted requests while this iteration would overflow the KV cache."""
-        if self.b.reserve == "full":
+        if self._kv_guaranteed:
             return  # every admitted request holds a reservation for its whole output: it always fits
 
-        bt = self.profile.block_tokens
+        bt = self.bt
         ahead = 1 if out.decode else 0
         grow_total = sum(c for _, c in out.prefills) + ahead * len(self.dec)
         if self.kv_total + grow_total + len(self.running) * (bt - 1) <= self.kv_capacity:
@@ -248,8 +396,9 @@ class Scheduler:
             del rbc[r.client]
 
     def _leave_decoding(self, r: Request) -> None:
-        self.dec.remove(r)
-        r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+        self._stop_decoding(r)
+        if self.attribute_gpu:
+            self._settle_decode_gpu(r)
 
     def _evict(self, r: Request, now: float) -> None:
         if r in self.dec:
@@ -259,7 +408,7 @@ class Scheduler:
             self.pre_kv -= r.prefilled
         del self.running[r.rid]
         self._leave_batch(r)
-        self.reserved -= self._reservation(r)
+        self.reserved -= r.reserved_kv
         r.prefilled = 0   # recompute: its KV is dropped, prompt + generated tokens are prefilled again
         r.decoded = 0
         r.preemptions += 1
@@ -284,16 +433,24 @@ class Scheduler:
         k = self.dec.steps_to_next_finish()
         if self.policy.waiting:
             if self.b.chunked_prefill:
-                if len(self.running) < self.b.max_batch and self._fits(self.policy.peek()):
-                    return 1  # the head request could be admitted next iteration
+                if self._admission_possible():
+                    return 1  # a head request could be admitted next iteration
                 # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops
-                # there), unless fair preemption makes room: it is looked at again every few steps
+                # there) or, with S-LoRA's test, before the decodes have advanced far enough; unless fair
+                # preemption makes room: it is looked at again every few steps
+                k = min(k, self._blocked_steps())
                 if self.b.fair_preempt:
                     k = min(k, FAIR_PREEMPT_CHECK_STEPS)
+            elif self.decode_iters < self.b.admit_every:
+                k = min(k, self.b.admit_every - self.decode_iters)  # until the next admission point
+            elif self._admission_possible():
+                return 1  # a head request passes the test now: it is admitted at the next iteration
             else:
-                k = min(k, max(self.b.admit_every - self.decode_iters, 1))
-        if self.b.reserve != "full":
-            bt, n = self.profile.block_tokens, max(out.n_decode, 1)
+                # blocked until a request finishes, a request arrives (the caller stops the fold there) or the
+                # decodes have advanced far enough for S-LoRA's test
+                k = min(k, self._blocked_steps())
+        if not self._kv_guaranteed:
+            bt, n = self.bt, max(out.n_decode, 1)
             # KV room for the fold: a cheap lower bound on the free space first, the exact one when it binds
             free = self.kv_capacity - self.kv_total - len(self.running) * (bt - 1)
             if free // n - bt < k:
@@ -310,8 +467,8 @@ class Scheduler:
         k = (r.prefill_goal - r.prefilled - 1) // c  # full chunks that leave the prompt unfinished
         if out.decode:
             k = min(k, self.dec.steps_to_next_finish())
-        if k > 1 and self.b.reserve != "full":
-            bt = self.profile.block_tokens
+        if k > 1 and not self._kv_guaranteed:
+            bt = self.bt
             grow = c + out.n_decode  # KV tokens added per iteration
             k = min(k, (self.kv_capacity - self.kv_total - len(self.running) * (bt - 1)) // grow)
         return max(int(k), 1)
@@ -320,36 +477,46 @@ class Scheduler:
     def update_from_output(self, out: SchedulerOutput, now: float, dt: float) -> dict[str, int]:
         """Apply an iteration that ended at `now` and took `dt` seconds in total.
 
-        Returns the output tokens emitted per client."""
+        With attribute_gpu, `dt` is handed to the sequences physically (Profile.split, scaled to `dt`): prefill
+        chunks their compute, decodes the shared weight read and their own KV reads; per client in
+        `last_gpu` (weighted), per request in `Request.gpu_s` when it leaves the batch. Returns the output
+        tokens emitted per client."""
         k = out.steps
         tokens: dict[str, int] = {}
         gpu: dict[str, float] = {}
         prefills = out.prefills
-        # iteration time is attributed in proportion to the tokens each sequence processed in it
-        pt = 0
-        for _, c in prefills:
-            pt += c
-        total = float(k * (pt + out.n_decode)) or 1.0
         dec = self.dec
+        attribute = self.attribute_gpu
+        if attribute:
+            parts, seq, coef, coef_j, scale = self._split(out, dt)
         if out.decode:
+            s0 = dec.steps
             dec.advance(k)
-            share = dt * k / total  # each decoding sequence's part of the time
-            self.decode_gpu += share
-            w_of = self.w_of
-            for c, n in dec.per_client.items():
-                tokens[c] = n * k
-                gpu[c] = share * n / w_of[c]
+            if attribute:
+                # every decoding sequence pays seq, plus coef per KV token it held (x_r + s0) and coef_j
+                seq, coef, coef_j = seq * scale, coef * scale, coef_j * scale
+                self.decode_gpu += seq
+                self.decode_kv_coef += coef
+                self.decode_kv_coef_s += coef * s0 + coef_j
+                w_of, kvc = self.w_of, dec.kv_client
+                for c, n in dec.per_client.items():
+                    tokens[c] = n * k
+                    gpu[c] = (n * (seq + coef_j) + coef * (kvc[c] + n * s0)) / w_of[c]
+            else:
+                for c, n in dec.per_client.items():
+                    tokens[c] = n * k
             if not prefills:
                 self.decode_iters += k
         done: list[Request] = []
-        for r, c in prefills:
+        for j, (r, c) in enumerate(prefills):
             c *= k  # (more than one step only for the full-budget chunks of one long prompt)
             r.prefilled += c
             self.pre_kv += c
-            g = dt * c / total / r.weight
-            r.gpu_s += g
             client = r.client
-            gpu[client] = gpu.get(client, 0.0) + g
+            if attribute:
+                g = parts[j] * scale / r.weight
+                r.gpu_s += g
+                gpu[client] = gpu.get(client, 0.0) + g
             if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token and starts decoding
                 if r.first_token is None:
                     r.first_token = now
@@ -360,16 +527,19 @@ class Scheduler:
                 if r.generated >= r.output_tokens:
                     done.append(r)
                 else:
-                    dec.add(r)
-                    r.gpu_mark = self.decode_gpu
+                    self._start_decoding(r)
+        self.last_gpu = gpu
         self.policy.on_step(tokens, gpu, now)
         used = self.gpu_used
         for c, g in gpu.items():
             used[c] += g
         if self.b.adaptive and out.decode:
             self._adapt(dt / k, k, bool(out.preempted))
+        peak = self._peak
         for r in dec.pop_finished():
-            r.gpu_s += (self.decode_gpu - r.gpu_mark) / r.weight
+            if attribute:
+                self._settle_decode_gpu(r)
+            peak.pop(r.rid)
             done.append(r)
         if not done:
             return tokens
@@ -378,7 +548,7 @@ class Scheduler:
         for r in done:
             del self.running[r.rid]
             self._leave_batch(r)
-            self.reserved -= self._reservation(r)
+            self.reserved -= r.reserved_kv
             r.finished = now
             self.finished.append(r)
             if r.expert_preds is not None:  # score the experts on what they said when the engine acted on it
@@ -387,6 +557,35 @@ class Scheduler:
                 self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
             self.policy.on_finish(r, now)
         return tokens
+
+    def _split(self, out: SchedulerOutput, dt: float) -> tuple[list[float], float, float, float, float]:
+        """The iteration's (or fold's) modelled time split physically (Profile.split, summed over the folded
+        steps): (per prefill chunk, per decoding sequence, per KV token held at the first step, per sequence
+        for the KV growth over the steps), and the factor that scales the modelled total to the `dt` the engine
+        reports (1 for the simulator, up to rounding)."""
+        p, k, n, kv0 = self.profile, out.steps, out.n_decode if out.decode else 0, out.decode_kv if out.decode else 0
+        chunks = [(c, r.prefilled) for r, c in out.prefills]
+        if k == 1:
+            parts, seq, coef = p.split(chunks, n, kv0)
+            coef_j = 0.0
+        elif not chunks:
+            parts = []
+            seq, coef, coef_j = p.decode_split(n, kv0, k)
+        else:  # full-budget chunks of one prompt beside the decodes (a few steps: summed one by one)
+            (c, ctx0), = chunks
+            part = seq = coef = coef_j = 0.0
+            for j in range(k):
+                (pj,), sj, cj = p.split([(c, ctx0 + j * c)], n, kv0 + j * n)
+                part, seq, coef, coef_j = part + pj, seq + sj, coef + cj, coef_j + cj * j
+            parts = [part]
+        total = sum(parts) + n * (seq + coef_j) + coef * kv0
+        return parts, seq, coef, coef_j, (dt / total if total > 0 else 0.0)
+
+    def _settle_decode_gpu(self, r: Request) -> None:
+        """Add what a request leaving the decoding set was attributed while it decoded (it is synced)."""
+        u0, a0, b0 = r.gpu_mark
+        x = r.prefilled + r.decoded - r.dstart  # its KV tokens minus the global step count (fixed while decoding)
+        r.gpu_s += ((self.decode_gpu - u0) + x * (self.decode_kv_coef - a0) + (self.decode_kv_coef_s - b0)) / r.weight
 
     def _adapt(self, step_s: float, steps: int = 1, preempted: bool = False) -> None:
         """AIMD on the token budget: halve it when KV pressure forced a preemption, shrink it when steps exceed

@@ -60,6 +60,7 @@ class Workload:
         return sorted({r.client for r in self.requests})
 
 
+# pragma: no mutate start  (mutation testing covers the trace-file validation below, not the generators)
 def _arrivals(rate_fn, duration: float, kind: str, rng: np.random.Generator) -> list[float]:
     """Arrival times for a (possibly time-varying) rate: fixed gaps or Poisson (thinning)."""
     out: list[float] = []
@@ -116,22 +117,29 @@ def suite_workload(name: str, seed: int = 1, duration: float | None = None) -> W
     return Workload(name, reqs, weights, {"suite": s.name, "rates": s.rates, "duration": dur})
 
 
-def lmsys_workload(path: Path = DATA / "lmsys_arena_vtc_1500.json") -> Workload:
+def lmsys_workload(path: Path = DATA / "lmsys_arena_vtc_1500.json", max_new_tokens: int | None = None) -> Workload:
+    """The artifact's real trace. As its runs do, each request asks for exactly its true output length
+    (max_new_tokens = output, fair_bench/run_exp.py); `max_new_tokens` caps all requests at a client-side limit
+    instead (the engine must then reserve for the cap)."""
     rows = json.loads(Path(path).read_text())
-    # clients of the arena asked for up to 1024 new tokens (all outputs in the trace are below that)
-    reqs = [Request(i, r["client"], float(r["t"]), int(r["in"]), int(r["out"]), max_new_tokens=1024)
-            for i, r in enumerate(rows)]
-    return Workload("lmsys", reqs, {}, {"source": str(path), "max_new_tokens": 1024})
+    reqs = [Request(i, r["client"], float(r["t"]), int(r["in"]), int(r["out"]),
+                    max_new_tokens=_cap(max_new_tokens, int(r["out"]))) for i, r in enumerate(rows)]
+    return Workload("lmsys", reqs, {}, {"source": str(path), "max_new_tokens": max_new_tokens or "output"})
 
 
-def sharegpt_workload(n: int = 2000, rate: float = 2.0, clients: int = 8, arrival: str = "poisson", cv: float = 2.0,
-                      seed: int = 1, max_tokens: int = 4096, path: Path = DATA / "sharegpt_lengths_sarathi.csv.gz") -> Workload:
+def _cap(cap: int | None, out: int) -> int | None:
+    return None if cap is None else max(cap, out)
+
+
+def sharegpt_workload(n: int = 3000, rate: float = 3.0, clients: int = 8, arrival: str = "poisson", cv: float = 2.0,
+                      seed: int = 1, max_tokens: int = 4096, path: Path = DATA / "sharegpt_lengths_sarathi.csv.gz",
+                      max_new_tokens: int | None = None) -> Workload:
     """ShareGPT prompt/output lengths with Poisson (or Gamma, coefficient of variation cv) arrivals over clients
-    whose shares follow a Zipf(1) law, so some clients are heavy and some light."""
+    whose shares follow a Zipf(1) law, so some clients are heavy and some light. Each request asks for its true
+    output length unless `max_new_tokens` caps them all."""
     if arrival not in ("poisson", "gamma"):
         raise ValueError(f"arrival must be poisson or gamma, got {arrival!r}")
-    with gzip.open(path, "rt") as f:
-        rows = [(int(r["num_prefill_tokens"]), int(r["num_decode_tokens"])) for r in csv.DictReader(f)]
+    rows = _sharegpt_rows(path)
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(rows), size=n, replace=len(rows) < n)
     if arrival == "poisson":
@@ -144,25 +152,193 @@ def sharegpt_workload(n: int = 2000, rate: float = 2.0, clients: int = 8, arriva
     t = np.cumsum(gaps)
     reqs = []
     for i in range(n):
-        p, o = rows[pick[i]]
-        p = max(1, min(p, max_tokens - 1))
-        o = max(1, min(o, max_tokens - p))
-        reqs.append(Request(i, f"user{who[i]}", float(t[i]), p, o, max_new_tokens=max(o, min(2048, max_tokens - p))))
-    return Workload("sharegpt", reqs, {}, {"rate": rate, "clients": clients, "arrival": arrival, "max_new_tokens": 2048})
+        p, o = _clip(rows[pick[i]], max_tokens)
+        reqs.append(Request(i, f"user{who[i]}", float(t[i]), p, o,
+                            max_new_tokens=_cap(None if max_new_tokens is None else min(max_new_tokens, max_tokens - p), o)))
+    return Workload("sharegpt", reqs, {}, {"rate": rate, "clients": clients, "arrival": arrival, "n": n,
+                                           "max_new_tokens": max_new_tokens or "output"})
+
+
+def _sharegpt_rows(path: Path) -> list[tuple[int, int]]:
+    with gzip.open(path, "rt") as f:
+        return [(int(r["num_prefill_tokens"]), int(r["num_decode_tokens"])) for r in csv.DictReader(f)]
+
+
+def _clip(row: tuple[int, int], max_tokens: int) -> tuple[int, int]:
+    p, o = row
+    p = max(1, min(p, max_tokens - 1))
+    return p, max(1, min(o, max_tokens - p))
+
+
+# shape-skewed workloads ----------------------------------------------------------------------------------
+SHAPES = {  # client -> (prompt, output) of its requests in the synthetic shape-skew suite
+    "prompt-heavy": (1536, 32),     # long documents, short answers (summaries, classification)
+    "decode-heavy": (32, 768),      # short questions, long answers (generation)
+    "long-context": (3072, 256),    # long contexts and answers (chat with history, RAG)
+    "balanced": (256, 256),         # the VTC suites' shape
+}
+
+
+def shape_skew_workload(duration: float = 600.0, load: float = 4.0, seed: int = 1,
+                        unit_tok_s: float = 4000.0) -> Workload:
+    """Four clients with the request shapes of SHAPES and Poisson arrivals, each asking for the same VTC token
+    charge per second (w_p * prompt + w_q * output): under VTC's counter they are equal, while the GPU time
+    a token charge costs differs by shape (prefill tokens are cheap per token, decode tokens pay the weight
+    read, long contexts their KV reads). The total charge asked for is load * unit_tok_s per second, split
+    evenly: by default 16,000 per second, 4,000 per client, i.e. 2.50 (prompt-heavy), 2.55 (decode-heavy),
+    1.12 (long-context) and 5.21 (balanced) requests per second. Measured on the A100 profile's Equinox engine
+    (make bench-serving), it serves about 11,000 per second of this mix: load 2 leaves every client served at
+    once (0 of 62 windows contended), load 4 backlogs them all."""
+    rng = np.random.default_rng(seed)
+    per_client = load * unit_tok_s / len(SHAPES)
+    events = []
+    for c, (p, o) in SHAPES.items():
+        rate = per_client / (p + 2 * o)
+        t = 0.0
+        while True:
+            t += rng.exponential(1.0 / rate)
+            if t >= duration:
+                break
+            events.append((t, c, p, o))
+    events.sort()
+    reqs = [Request(i, c, t, p, o) for i, (t, c, p, o) in enumerate(events)]
+    return Workload("shape-skew", reqs, {}, {"duration": duration, "load": load, "shapes": dict(SHAPES)})
+
+
+def shape_class(prompt: int, output: int) -> str:
+    """The shape a real request belongs to (the thresholds split ShareGPT and LMSYS into comparable groups)."""
+    if prompt + output >= 3000:
+        return "long-context"
+    if prompt >= 4 * output:
+        return "prompt-heavy"
+    if output >= 4 * prompt:
+        return "decode-heavy"
+    return "balanced"
+
+
+def sharegpt_shape_workload(n: int = 3000, rate: float = 5.0, seed: int = 1, max_tokens: int = 4096,
+                            path: Path = DATA / "sharegpt_lengths_sarathi.csv.gz") -> Workload:
+    """ShareGPT lengths, Poisson arrivals, each request's client being its shape class (shape_class): clients
+    that differ in how they use the GPU rather than in how much they ask. 5 requests per second by default:
+    at ShareGPT's 3 the A100 Equinox engine keeps up with most windows (13 of 101 contended)."""
+    rows = _sharegpt_rows(path)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(rows), size=n, replace=len(rows) < n)
+    t = np.cumsum(rng.exponential(1.0 / rate, n))
+    reqs = []
+    for i in range(n):
+        p, o = _clip(rows[pick[i]], max_tokens)
+        reqs.append(Request(i, shape_class(p, o), float(t[i]), p, o))
+    return Workload("sharegpt-shape", reqs, {}, {"rate": rate, "n": n})
+
+
+def lmsys_shape_workload(path: Path = DATA / "lmsys_arena_vtc_1500.json") -> Workload:
+    """The LMSYS trace's requests and arrival times, each request's client being its shape class."""
+    rows = json.loads(Path(path).read_text())
+    reqs = [Request(i, shape_class(int(r["in"]), int(r["out"])), float(r["t"]), int(r["in"]), int(r["out"]))
+            for i, r in enumerate(rows)]
+    return Workload("lmsys-shape", reqs, {}, {"source": str(path)})
+
+
+# the artifact's measured runs, replayed -------------------------------------------------------------------
+ARTIFACT_SUITES = ("overload", "proportional", "on_off_less", "increase", "poisson_short_long", "real")
+
+
+def artifact_run(suite: str, policy: str = "vtc") -> dict:
+    """The VTC artifact's measured run of a suite under FCFS or VTC (data/vtc_artifact_results)."""
+    if suite not in ARTIFACT_SUITES:
+        raise ValueError(f"unknown artifact suite: {suite!r} (known: {', '.join(ARTIFACT_SUITES)})")
+    if policy not in ("vtc", "fcfs"):
+        raise ValueError(f"the artifact measured vtc and fcfs only, got {policy!r}")
+    p = DATA / "vtc_artifact_results" / policy.upper() / f"all_results_{suite}.jsonl.gz"
+    with gzip.open(p, "rt") as f:
+        return json.loads(f.readline())
+
+
+def artifact_workload(suite: str, policy: str = "vtc") -> Workload:
+    """The requests the artifact sent in its measured run (arrival, client, prompt, output; max_new_tokens was
+    the output length, as in fair_bench/run_exp.py). The FCFS and VTC runs of `overload` differ (600 s / 360 s)."""
+    d = artifact_run(suite, policy)
+    rs = sorted(d["result"]["responses"], key=lambda x: x["req_time"])
+    reqs = [Request(i, x["adapter_dir"], float(x["req_time"]), int(x["prompt_len"]), int(x["output_len"]))
+            for i, x in enumerate(rs)]
+    return Workload(f"artifact-{suite}", reqs, {}, {"suite": suite, "policy": policy, "config": d["config"]})
+
+
+# pragma: no mutate end
+# users' trace files ----------------------------------------------------------------------------------------
+TRACE_SUFFIXES = (".json", ".jsonl", ".csv", ".json.gz", ".jsonl.gz", ".csv.gz")
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    for suf in TRACE_SUFFIXES:
+        if name.endswith(suf):
+            return suf.removesuffix(".gz").lstrip(".")
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip.BadGzipFile is an OSError
+        raise RequestError(f"{path}: cannot read the trace: {e}") from None
+
+
+def _int_field(where: str, key: str, v, lo: int = 1) -> int:
+    """A token count: an integer (JSON number or CSV digits), not a boolean, not fractional."""
+    if isinstance(v, bool):
+        raise RequestError(f"{where}: field {key!r} must be an integer token count, got {v!r}")
+    if isinstance(v, str):
+        try:
+            v = float(v.strip()) if any(ch in v for ch in ".eE") else int(v.strip())
+        except ValueError:
+            raise RequestError(f"{where}: field {key!r} must be an integer token count, got {v!r}") from None
+    if isinstance(v, float):
+        if not (math.isfinite(v) and v == int(v)):
+            raise RequestError(f"{where}: field {key!r} must be an integer token count, got {v!r}")
+        v = int(v)
+    if not isinstance(v, int):
+        raise RequestError(f"{where}: field {key!r} must be an integer token count, got {v!r}")
+    if v < lo:
+        raise RequestError(f"{where}: field {key!r} must be >= {lo}, got {v}")
+    return v
+
+
+def _num_field(where: str, key: str, v) -> float:
+    if isinstance(v, bool):
+        raise RequestError(f"{where}: field {key!r} must be a number, got {v!r}")
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise RequestError(f"{where}: field {key!r} must be a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise RequestError(f"{where}: field {key!r} must be finite, got {v!r}")
+    return x
 
 
 def load_trace_file(path: str | Path) -> Workload:
-    """A user's trace: JSON list, JSON lines or CSV of {t, client, in, out[, weight][, deadline]}
-    (seconds, tokens; deadline: seconds after arrival the whole request should take at most)."""
+    """A user's trace: JSON list, JSON lines or CSV (each optionally gzip-compressed, `.gz`) of
+    {t, client, in, out[, weight][, deadline][, max_new_tokens]} (seconds, tokens; deadline: seconds after
+    arrival the whole request should take at most; max_new_tokens: the generation cap the client asked for,
+    which the engine reserves KV for; default: the output length)."""
     path = Path(path)
     if not path.exists():
         raise RequestError(f"{path}: no such trace file")
-    text = path.read_text()
+    if path.is_dir():
+        raise RequestError(f"{path}: is a directory, not a trace file")
+    kind = _kind(path)
+    if kind is None:
+        raise RequestError(f"{path}: unknown trace format (expected {', '.join(TRACE_SUFFIXES)})")
+    text = _read_text(path)
     rows: list[tuple[int, dict]] = []
-    if path.suffix == ".csv":
+    if kind == "csv":
         for i, r in enumerate(csv.DictReader(io.StringIO(text)), start=2):
             rows.append((i, r))
-    elif path.suffix == ".jsonl":
+    elif kind == "jsonl":
         for i, line in enumerate(text.splitlines(), start=1):
             if line.strip():
                 try:
@@ -177,6 +353,7 @@ def load_trace_file(path: str | Path) -> Workload:
         if not isinstance(data, list):
             raise RequestError(f"{path}: expected a JSON list of requests")
         rows = [(i + 1, r) for i, r in enumerate(data)]
+    known = {"t", "client", "in", "out", "weight", "deadline", "max_new_tokens"}
     reqs, weights = [], {}
     for n, (line, r) in enumerate(rows):
         where = f"{path}:{line}"
@@ -185,54 +362,71 @@ def load_trace_file(path: str | Path) -> Workload:
         for k in ("t", "client", "in", "out"):
             if k not in r or r[k] in (None, ""):
                 raise RequestError(f"{where}: field {k!r} missing")
-        try:
-            t = float(r["t"])
-            p, o = int(r["in"]), int(r["out"])
-        except (TypeError, ValueError):
-            raise RequestError(f"{where}: fields t/in/out must be numbers, got {r['t']!r}/{r['in']!r}/{r['out']!r}") from None
-        if not math.isfinite(t) or t < 0:
+        extra = sorted(k for k in r if k not in known and k is not None)
+        if extra:
+            raise RequestError(f"{where}: unknown field {extra[0]!r} (fields: {', '.join(sorted(known))})")
+        if not isinstance(r["client"], (str, int)) or isinstance(r["client"], bool):
+            raise RequestError(f"{where}: field 'client' must be a name, got {r['client']!r}")
+        t = _num_field(where, "t", r["t"])
+        if t < 0:
             raise RequestError(f"{where}: field 't' must be a time >= 0, got {r['t']!r}")
-        if p < 1 or o < 1:
-            raise RequestError(f"{where}: fields 'in' and 'out' must be positive token counts, got {p} and {o}")
+        p, o = _int_field(where, "in", r["in"]), _int_field(where, "out", r["out"])
+        client = str(r["client"])
         w = r.get("weight")
         if w not in (None, ""):
-            try:
-                w = float(w)
-            except (TypeError, ValueError):
-                raise RequestError(f"{where}: field 'weight' must be a number, got {w!r}") from None
+            w = _num_field(where, "weight", w)
             if w <= 0:
                 raise RequestError(f"{where}: field 'weight' must be positive, got {w}")
-            prev = weights.setdefault(str(r["client"]), w)
+            prev = weights.setdefault(client, w)
             if prev != w:
-                raise RequestError(f"{where}: client {r['client']!r} has weight {w} here but {prev} earlier "
+                raise RequestError(f"{where}: client {client!r} has weight {w} here but {prev} earlier "
                                    f"(a client has one weight)")
         dl = r.get("deadline")
         if dl not in (None, ""):
-            try:
-                dl = float(dl)
-            except (TypeError, ValueError):
-                raise RequestError(f"{where}: field 'deadline' must be a number, got {dl!r}") from None
+            dl = _num_field(where, "deadline", dl)
             if not dl > 0:
                 raise RequestError(f"{where}: field 'deadline' must be positive seconds, got {dl}")
         else:
             dl = None
-        reqs.append((t, n, str(r["client"]), p, o, dl))
+        mnt = r.get("max_new_tokens")
+        if mnt not in (None, ""):
+            mnt = _int_field(where, "max_new_tokens", mnt)
+            if mnt < o:
+                raise RequestError(f"{where}: field 'max_new_tokens' ({mnt}) is below the output of {o} tokens")
+        else:
+            mnt = None
+        reqs.append((t, n, client, p, o, dl, mnt))
     reqs.sort(key=lambda x: (x[0], x[1]))
-    out = [Request(i, c, t, p, o, weight=weights.get(c, 1.0), deadline=dl)
-           for i, (t, _, c, p, o, dl) in enumerate(reqs)]
+    out = [Request(i, c, t, p, o, weight=weights.get(c, 1.0), deadline=dl, max_new_tokens=mnt)
+           for i, (t, _, c, p, o, dl, mnt) in enumerate(reqs)]
     if not out:
         raise RequestError(f"{path}: no requests")
-    return Workload(path.stem, out, weights, {"source": str(path)})
+    return Workload(path.name.split(".")[0], out, weights, {"source": str(path)})
+
+
+NAMED = ("lmsys", "sharegpt", "shape-skew", "sharegpt-shape", "lmsys-shape")
 
 
 def load_workload(name: str, seed: int = 1, **kw) -> Workload:
-    """`lmsys`, `sharegpt`, a suite name, or a path to a trace file."""
+    """`lmsys`, `sharegpt`, a shape-skewed workload, a VTC suite, `artifact-<suite>` (a measured run's
+    requests) or a path to a trace file. kw: n / rate (ShareGPT), duration (suites), max_new_tokens."""
+    mnt = kw.pop("max_new_tokens", None)
     if name == "lmsys":
-        return lmsys_workload()
+        return lmsys_workload(max_new_tokens=mnt)
     if name == "sharegpt":
-        return sharegpt_workload(seed=seed, **kw)
+        return sharegpt_workload(seed=seed, max_new_tokens=mnt, **kw)
+    if name == "shape-skew":
+        return shape_skew_workload(seed=seed, **({"duration": kw["duration"]} if kw.get("duration") else {}))
+    if name == "sharegpt-shape":
+        return sharegpt_shape_workload(seed=seed, **{k: v for k, v in kw.items() if k in ("n", "rate")})
+    if name == "lmsys-shape":
+        return lmsys_shape_workload()
+    if name.startswith("artifact-") and name[len("artifact-"):] in ARTIFACT_SUITES:
+        return artifact_workload(name[len("artifact-"):])
     if name in SUITES:
         return suite_workload(name, seed=seed, duration=kw.get("duration"))
-    if Path(name).suffix in (".json", ".jsonl", ".csv") or Path(name).exists():
+    p = Path(name)
+    if _kind(p) is not None or p.exists():
         return load_trace_file(name)
-    raise ValueError(f"unknown workload: {name!r} (lmsys, sharegpt, {', '.join(SUITES)}, or a .json/.jsonl/.csv file)")
+    raise ValueError(f"unknown workload: {name!r} ({', '.join(NAMED)}, {', '.join(SUITES)}, "
+                     f"artifact-<{'|'.join(ARTIFACT_SUITES)}>, or a .json/.jsonl/.csv[.gz] trace file)")

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from serving.engine.behaviour import get_engine
 from serving.engine.profiles import get_profile
 from serving.engine.simulator import Simulator
 from serving.metrics import jain, summarize, vtc_bound
@@ -56,30 +57,62 @@ def test_vtc_lift_to_min_of_waiting_clients():
     assert p.counter["c"] == 0.0
 
 
-def test_vtc_lift_when_no_other_client_waits():
+def test_vtc_lift_only_against_waiting_clients():
+    """The artifact lifts against clients with waiting requests only: with nobody else waiting, clients that
+    merely have requests running do not lift the newcomer (vtc_req_queue.py append())."""
     p = make_policy("vtc")
     p.counter.update({"a": 5.0, "b": 40.0, "c": 90.0})
-    # nobody waits; b and c have requests running: lift to the minimum running counter (40)
     p.add(R(0, "a", 0.0, 1, 1), 0.0, {"b": 1, "c": 2, "a": 0})
-    assert p.counter["a"] == 40.0
-    # nobody waits and nobody else runs: the counter is kept
-    q = make_policy("vtc")
-    q.counter["a"] = 5.0
-    q.add(R(0, "a", 0.0, 1, 1), 0.0, {"a": 1})
-    assert q.counter["a"] == 5.0
+    assert p.counter["a"] == 5.0
+    p.add(R(1, "b", 0.0, 1, 1), 0.0, {"c": 2})   # a waits now: b (40) is not lowered to a's 5
+    assert p.counter["b"] == 40.0
+    p.counter["c"] = 1.0
+    p.add(R(2, "c", 0.0, 1, 1), 0.0, {})         # a (5) and b (40) wait: c is lifted to 5
+    assert p.counter["c"] == 5.0
+    lcf = make_policy("lcf")                     # least counter first: the same counter, never lifted
+    lcf.counter.update({"a": 50.0, "b": 1.0})
+    lcf.add(R(0, "a", 0.0, 1, 1), 0.0, {})
+    lcf.add(R(1, "b", 0.0, 1, 1), 0.0, {})
+    assert lcf.counter["b"] == 1.0 and lcf.pop(0.0).client == "b"
 
 
-def test_vtc_predicted_corrects_to_actual():
+def test_vtc_ties_go_to_the_client_seen_first():
+    p = make_policy("vtc")
+    for i, c in enumerate(["zed", "amy", "bob"]):
+        p.add(R(i, c, 0.0, 1, 1), 0.0, {})
+    assert [p.pop(0.0).client for _ in range(3)] == ["zed", "amy", "bob"]
+
+
+def test_vtc_predicted_charges_prediction_then_overrun_and_refund():
+    """vtc-pred (the artifact's vtc_pred_len_req_queue): prompt + the client's predicted output at admission;
+    tokens beyond it as produced; the unused prediction refunded at completion; window-5 average."""
     p = make_policy("vtc-pred")
     r = R(0, "a", 0.0, 10, 30)
-    r.predicted_output = 20.0
     p.add(r, 0.0, {})
     p.pop(0.0)
     p.on_admit(r, 0.0)
-    assert p.counter["a"] == 10 + 2 * 20
-    p.on_tokens(r, 30, 1.0)
-    p.on_finish(r, 1.0)
+    assert p.counter["a"] == 10                  # no history: predicted 0
+    p.on_step({"a": 30}, {}, 1.0)
     assert p.counter["a"] == 10 + 2 * 30
+    p.on_finish(r, 1.0)
+    assert p.predict_len["a"] == 30.0            # the first output sets the prediction
+    r2 = R(1, "a", 2.0, 10, 5)
+    p.add(r2, 2.0, {})
+    p.pop(2.0)
+    p.on_admit(r2, 2.0)
+    assert p.counter["a"] == 70 + 10 + 2 * 30    # prompt + predicted 30
+    p.on_step({"a": 5}, {}, 3.0)
+    assert p.counter["a"] == 140                 # within the prediction: nothing more
+    p.on_finish(r2, 3.0)
+    assert p.counter["a"] == 140 - 2 * 25        # 25 predicted tokens never produced: refunded
+    assert p.predict_len["a"] == pytest.approx((30 * 4 + 5) / 5)
+    o = make_policy("vtc-oracle")                # the oracle: the whole output at admission, nothing after
+    r3 = R(2, "b", 0.0, 10, 7, max_new_tokens=9)
+    o.add(r3, 0.0, {})
+    o.pop(0.0)
+    o.on_admit(r3, 0.0)
+    o.on_step({"b": 7}, {}, 1.0)
+    assert o.counter["b"] == 10 + 2 * 9
 
 
 # fairness on the VTC suites -------------------------------------------------------------------------
@@ -116,7 +149,7 @@ def test_vtc_charges_a_prompt_once_across_preemptions():
         p.pop(0.0).predicted_output = 10.0
         p.on_admit(r, 0.0)
         charged = p.counter["a"]
-        assert charged == (120.0 if name == "vtc-pred" else 100.0)
+        assert charged == 100.0             # (vtc-pred: no history yet, predicted 0)
         r.preemptions = 1                   # the engine evicted it: back to the head of the queue
         p.on_evict(r)
         p.requeue_front(r, {}, 1.0)
@@ -133,20 +166,23 @@ def test_weighted_vtc_serves_in_proportion():
     assert 1.6 < served["client1"] / served["client0"] < 2.4, served
 
 
-def test_equinox_with_beta_zero_is_vtc():
-    wl = suite_workload("proportional", duration=120.0)
-    beh = dict(EngineBehaviour(chunked_prefill=False, admit_every=10, reserve="full").__dict__)
-    a = simulate(wl.requests, "vtc", "a10g-llama-7b")
-    b = simulate(wl.requests, "equinox", "a10g-llama-7b", behaviour=beh,
-                 policy_kw={"config": EquinoxConfig(alpha=1.0, beta=0.0, latency_weight=0.0)})
-    order_a = sorted((r.admitted, r.rid) for r in a.requests)
-    order_b = sorted((r.admitted, r.rid) for r in b.requests)
+@pytest.mark.parametrize("engine", ["artifact", "equinox"])
+@pytest.mark.parametrize("workload", ["lmsys", "sharegpt"])
+def test_equinox_with_beta_and_lambda_zero_is_vtc(workload, engine):
+    """Equinox(beta=0, lambda=0) orders clients by VTC's counter: on the same engine every admission happens
+    in the same order at the same time as VTC's (the heap never mixes keys of different scales)."""
+    kw = {"n": 1500, "rate": 3.0} if workload == "sharegpt" else {}
+    wl = load_workload(workload, **kw)
+    beh = get_engine(engine)
+    a = simulate(wl.requests, "vtc", "a100-llama2-7b" if workload == "sharegpt" else "a10g-llama-7b", engine=beh)
+    b = simulate(wl.requests, "equinox", "a100-llama2-7b" if workload == "sharegpt" else "a10g-llama-7b",
+                 engine=beh, policy_kw={"config": EquinoxConfig(alpha=1.0, beta=0.0, latency_weight=0.0)})
+    order_a = [(r.admitted, r.rid) for r in sorted(a.requests, key=lambda r: (r.admitted, r.seq))]
+    order_b = [(r.admitted, r.rid) for r in sorted(b.requests, key=lambda r: (r.admitted, r.seq))]
     assert order_a == order_b
-    # while the resource and latency terms do change it where requests differ in cost (the test can fail)
-    wl2 = suite_workload("poisson_short_long", duration=60.0)
-    v = simulate(wl2.requests, "vtc", "a10g-llama-7b")
-    e = simulate(wl2.requests, "equinox", "a10g-llama-7b", behaviour=beh)
-    assert sorted((r.admitted, r.rid) for r in e.requests) != sorted((r.admitted, r.rid) for r in v.requests)
+    # while the resource and latency terms do change it (the test can fail)
+    e = simulate(wl.requests, "equinox", "a100-llama2-7b" if workload == "sharegpt" else "a10g-llama-7b", engine=beh)
+    assert [(r.admitted, r.rid) for r in sorted(e.requests, key=lambda r: (r.admitted, r.seq))] != order_a
 
 
 def test_equinox_resource_counter_by_hand():
@@ -212,7 +248,7 @@ def _run_checked(requests, policy, profile, behaviour=None):
     sched = Scheduler(pol, prof)
     orig_schedule, orig_update = sched.schedule, sched.update_from_output
     seen = {"iters": 0, "max_tokens": 0, "folded_prefill": 0}
-    bt = prof.block_tokens
+    bt = pol.behaviour.block_tokens
 
     def explicit():
         batch = sched.batch()
@@ -253,7 +289,8 @@ def _run_checked(requests, policy, profile, behaviour=None):
 @pytest.mark.parametrize("policy,profile,behaviour", [("equinox", "a10g-llama-7b", None),
                                                       ("vtc", "a10g-llama-7b", None),
                                                       ("equinox", "a100-llama2-7b", None),
-                                                      ("equinox", "a10g-llama-7b", {"fair_preempt": True})])
+                                                      ("equinox", "a10g-llama-7b", {"fair_preempt": True}),
+                                                      ("equinox", "a10g-llama-7b", {"reserve": "predicted", "reserve_factor": 1.5, "admission": "sum", "block_tokens": 16})])
 def test_budget_and_kv_never_exceeded(policy, profile, behaviour):
     wl = load_workload("sharegpt", n=300, rate=4.0)
     for r in wl.requests:  # fit the small A10G cache
@@ -275,8 +312,8 @@ def test_fair_preemption_makes_room_for_a_client_far_behind():
     for fp in (False, True):
         reqs = [R(i, "a", 0.0, 1000, 400, max_new_tokens=400) for i in range(12)] + \
                [R(100, "b", 1.0, 1000, 50, max_new_tokens=50)]
-        pol = make_policy("equinox")
-        pol.behaviour = dataclasses.replace(pol.behaviour, fair_preempt=fp, reserve="full")
+        pol = make_policy("equinox", config=EquinoxConfig(beta=1.0))  # the margin is in HF units: beta scales it
+        pol.behaviour = dataclasses.replace(pol.behaviour, fair_preempt=fp, reserve="full", admission="sum", block_tokens=16)
         res = Simulator(Scheduler(pol, prof), reqs).run()
         assert all(r.generated == r.output_tokens for r in res.requests)
         out[fp] = (next(r for r in res.requests if r.client == "b").ttft,
@@ -462,11 +499,11 @@ def test_trace_files(tmp_path):
     csvf.write_text("t,client,in,out\n0.5,x,10,20\n")
     assert load_trace_file(csvf).requests[0].output_tokens == 20
     cases = {
-        "neg.jsonl": ('{"t": 0, "client": "a", "in": -1, "out": 7}\n', ":1: fields 'in' and 'out'"),
+        "neg.jsonl": ('{"t": 0, "client": "a", "in": -1, "out": 7}\n', ":1: field 'in' must be >= 1, got -1"),
         "missing.jsonl": ('{"t": 0, "client": "a", "in": 1}\n', ":1: field 'out' missing"),
         "bad.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1}\n{oops\n', ":2: malformed JSON"),
         "w.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": -2}\n', "field 'weight' must be positive"),
-        "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: fields t/in/out must be numbers"),
+        "t.csv": ("t,client,in,out\nsoon,a,1,1\n", ":2: field 't' must be a number, got 'soon'"),
         "obj.json": (json.dumps({"t": 0}), "expected a JSON list"),
         "dl.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "deadline": 0}\n', "field 'deadline' must be positive"),
         "w2.jsonl": ('{"t": 0, "client": "a", "in": 1, "out": 1, "weight": 1}\n'
@@ -533,14 +570,66 @@ def test_bench_cli(tmp_path, capsys):
     assert main(["bench", "--workload", str(trace), "--policies", "fcfs,vtc,equinox", "--ablate", "no-chunked",
                  "--out", str(tmp_path / "o"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "vtc" in out and "equinox/no-chunked" in out and "1.00x" in out
+    assert "system table" in out and "policy table (every policy on the equinox engine)" in out
+    assert "equinox/no-chunked" in out and "1.00x" in out and "MoPE online L1" in out
     res = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert set(res) == {"fcfs", "vtc", "equinox", "equinox/no-chunked"}
-    assert all(v["finished"] == 120 for v in res.values())
-    assert all((tmp_path / "o" / f).stat().st_size > 1000 for f in ("service_over_time.png", "ttft_cdf.png", "jain_over_time.png"))
-    assert main(["bench", "--workload", str(trace), "--policies", "wfq", "--no-progress", "--out", str(tmp_path / "p")]) == 2
-    assert "unknown policy: 'wfq'" in capsys.readouterr().err
-    assert main(["bench", "--workload", "nope", "--no-progress", "--out", str(tmp_path / "p")]) == 2
-    assert main(["bench", "--workload", str(trace), "--weights", "nobody=2", "--no-progress",
-                 "--out", str(tmp_path / "p")]) == 2
-    assert "unknown client 'nobody'" in capsys.readouterr().err
+    assert set(res["system"]) == {"fcfs", "vtc", "equinox", "equinox/no-chunked"}
+    assert set(res["policy"]) == {"fcfs", "vtc", "equinox"}
+    assert all(v["finished"] == 120 for t in ("system", "policy") for v in res[t].values())
+    assert all((tmp_path / "o" / "system" / f).stat().st_size > 1000
+               for f in ("service_over_time.png", "ttft_cdf.png", "jain_over_time.png"))
+
+
+def _cli_error(argv, capsys) -> str:
+    from serving.__main__ import main
+    assert main(argv + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_bench_cli_refuses_bad_input(tmp_path, capsys):
+    trace = tmp_path / "ok.jsonl"
+    trace.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n')
+    o = ["--out", str(tmp_path / "o")]
+    w = ["--workload", str(trace)]
+    assert "--policies: unknown name 'wfq'" in _cli_error(["bench", *w, "--policies", "wfq", *o], capsys)
+    assert "--policies: expected a comma list" in _cli_error(["bench", *w, "--policies", ",", *o], capsys)
+    assert "--requests must be a positive integer, got 0" in _cli_error(["bench", "--workload", "sharegpt", "--requests", "0", *o], capsys)
+    assert "--rate must be a positive number, got -1.0" in _cli_error(["bench", "--workload", "sharegpt", "--rate", "-1", *o], capsys)
+    assert "--rate-scale must be a positive number" in _cli_error(["bench", *w, "--rate-scale", "0", *o], capsys)
+    assert "--window must be a positive number" in _cli_error(["bench", *w, "--window", "-5", *o], capsys)
+    assert "--requests/--rate apply to" in _cli_error(["bench", "--workload", "lmsys", "--requests", "5", *o], capsys)
+    assert "--engine: unknown engine: 'vllm'" in _cli_error(["bench", *w, "--engine", "vllm", *o], capsys)
+    assert "is a directory" in _cli_error(["bench", "--workload", str(tmp_path), *o], capsys)
+    assert "unknown client 'nobody'" in _cli_error(["bench", *w, "--weights", "nobody=2", *o], capsys)
+    assert "unknown workload: 'nope'" in _cli_error(["bench", "--workload", "nope", *o], capsys)
+    beh = tmp_path / "beh.json"
+    beh.write_text('{"chunked_prefill": true, "token_budjet": 256}')
+    assert "unknown field 'token_budjet'" in _cli_error(["bench", *w, "--engine", str(beh), *o], capsys)
+    beh.write_text('{"chunked_prefill": "yes"}')
+    assert "chunked_prefill must be true or false, got 'yes'" in _cli_error(["bench", *w, "--engine", str(beh), *o], capsys)
+    for name, line, msg in [("b.jsonl", '{"t": 0, "client": "a", "in": true, "out": 7}', "field 'in' must be an integer token count, got True"),
+                            ("f.jsonl", '{"t": 0, "client": "a", "in": 10.7, "out": 7}', "field 'in' must be an integer token count, got 10.7"),
+                            ("m.jsonl", '{"t": 0, "client": "a", "in": 3, "out": 7, "max_new_tokens": 5}', "field 'max_new_tokens' (5) is below"),
+                            ("u.jsonl", '{"t": 0, "client": "a", "in": 3, "out": 7, "prio": 1}', "unknown field 'prio'")]:
+        p = tmp_path / name
+        p.write_text(line + "\n")
+        assert msg in _cli_error(["bench", "--workload", str(p), *o], capsys)
+
+
+def test_gzip_traces_and_max_new_tokens(tmp_path):
+    import gzip
+    p = tmp_path / "t.jsonl.gz"
+    with gzip.open(p, "wt") as f:
+        f.write('{"t": 0, "client": "a", "in": 5, "out": 7, "max_new_tokens": 64}\n{"t": 1, "client": "b", "in": 3, "out": 2}\n')
+    wl = load_trace_file(p)
+    assert [(r.client, r.max_new_tokens, r.max_output) for r in wl.requests] == [("a", 64, 64), ("b", None, 2)]
+    c = tmp_path / "t.csv.gz"
+    with gzip.open(c, "wt") as f:
+        f.write("t,client,in,out\n0,x,10,20\n")
+    assert load_trace_file(c).requests[0].output_tokens == 20
+    bad = tmp_path / "bad.jsonl.gz"
+    bad.write_text("not gzip")
+    with pytest.raises(RequestError, match="cannot read the trace"):
+        load_trace_file(bad)

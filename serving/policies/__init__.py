@@ -7,13 +7,17 @@ import enum
 from serving.policies.base import EngineBehaviour, Policy
 from serving.policies.equinox import EquinoxConfig, EquinoxPolicy
 from serving.policies.fcfs import FCFSPolicy
-from serving.policies.vtc import VTCPolicy, VTCPredictedPolicy
+from serving.policies.rpm import RPMPolicy
+from serving.policies.vtc import LCFPolicy, VTCOraclePolicy, VTCPolicy, VTCPredictedPolicy
 
 
 class PolicyName(str, enum.Enum):
     FCFS = "fcfs"
     VTC = "vtc"
     VTC_PREDICTED = "vtc-pred"
+    VTC_ORACLE = "vtc-oracle"
+    LCF = "lcf"
+    RPM = "rpm"
     EQUINOX = "equinox"
 
 
@@ -21,6 +25,9 @@ REGISTRY = {
     PolicyName.FCFS: FCFSPolicy,
     PolicyName.VTC: VTCPolicy,
     PolicyName.VTC_PREDICTED: VTCPredictedPolicy,
+    PolicyName.VTC_ORACLE: VTCOraclePolicy,
+    PolicyName.LCF: LCFPolicy,
+    PolicyName.RPM: RPMPolicy,
     PolicyName.EQUINOX: EquinoxPolicy,
 }
 

@@ -5,45 +5,25 @@ from __future__ import annotations
 import abc
 import heapq
 from collections import deque
-from dataclasses import dataclass
-
+from serving.engine.behaviour import ENGINES, EngineBehaviour, EngineName
 from serving.request import Request
 
 
-@dataclass
-class EngineBehaviour:
-    """How the engine batches under a policy (each switch is an ablation knob)."""
-
-    chunked_prefill: bool = False   # stall-free: prefill in chunks within a token budget, decodes first
-    token_budget: int = 512         # tokens per iteration when chunking
-    admit_every: int = 10           # without chunking: look for new requests every N decode steps (VTC artifact)
-    reserve: str = "full"           # KV reserved at admission: "full" (prompt + max output) or "predicted"
-    reserve_factor: float = 1.0     # with "predicted": reserve this multiple of the predicted output (headroom)
-    adaptive: bool = False          # adapt the token budget to load and the TBT target
-    tbt_target_s: float = 0.15      # time-between-tokens target for adaptive batching
-    max_batch: int = 256            # sequences per iteration
-    fair_preempt: bool = False      # evict the most over-served client's newest request to admit a fairer head
-
-    def __post_init__(self) -> None:
-        if self.reserve not in ("full", "predicted"):
-            raise ValueError(f"reserve must be 'full' or 'predicted', got {self.reserve!r}")
-        if self.reserve_factor <= 0:
-            raise ValueError(f"reserve_factor must be positive, got {self.reserve_factor!r}")
-        if self.token_budget < 16 or self.max_batch < 1 or self.admit_every < 1:
-            raise ValueError(f"bad engine behaviour: token_budget {self.token_budget}, max_batch {self.max_batch}, "
-                             f"admit_every {self.admit_every}")
-
-
 class ClientHeap:
-    """Clients with waiting requests ordered by a priority key; O(log clients) updates (lazy invalidation)."""
+    """Clients with waiting requests ordered by a priority key; O(log clients) updates (lazy invalidation).
+    Ties go to the client seen first (the artifact's min() over a dict in insertion order)."""
 
     def __init__(self):
-        self.heap: list[tuple[float, str]] = []
+        self.heap: list[tuple[float, int, str]] = []
         self.key: dict[str, float] = {}
+        self.order: dict[str, int] = {}
 
     def set(self, client: str, key: float) -> None:
         self.key[client] = key
-        heapq.heappush(self.heap, (key, client))
+        o = self.order.get(client)
+        if o is None:
+            o = self.order[client] = len(self.order)
+        heapq.heappush(self.heap, (key, o, client))
 
     def discard(self, client: str) -> None:
         self.key.pop(client, None)
@@ -51,7 +31,7 @@ class ClientHeap:
     def peek(self) -> str | None:
         h = self.heap
         while h:
-            k, c = h[0]
+            k, _, c = h[0]
             if self.key.get(c) == k:
                 return c
             heapq.heappop(h)
@@ -68,6 +48,7 @@ class Policy(abc.ABC):
     """Holds the waiting requests per client and decides who goes next."""
 
     name = "base"
+    head_moves_on_decode = False  # does the next request change while decodes run (counters charged per token)?
 
     def __init__(self, behaviour: EngineBehaviour | None = None):
         self.behaviour = behaviour or self.default_behaviour()
@@ -75,10 +56,16 @@ class Policy(abc.ABC):
         self.waiting = 0
         self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
         self.backlog_log: list[tuple[float, str, bool]] = []  # (time, client, queue now non-empty / empty)
+        self.heads_version = 0              # changes whenever some client's head request may have changed
 
     @classmethod
     def default_behaviour(cls) -> EngineBehaviour:
-        return EngineBehaviour()
+        """The engine this policy is run on in its authors' system (the VTC artifact's S-LoRA for baselines)."""
+        return ENGINES[EngineName.ARTIFACT]
+
+    def accept(self, req: Request, now: float) -> bool:
+        """Admission control at arrival: False rejects the request (it is never queued)."""
+        return True
 
     # queue management (shared) ------------------------------------------------------------------
     def add(self, req: Request, now: float, running: dict[str, int]) -> None:
@@ -91,6 +78,7 @@ class Policy(abc.ABC):
         q.append(req)
         self.waiting += 1
         if newly_backlogged:
+            self.heads_version += 1
             self.backlog_log.append((now, req.client, True))
         self.on_arrival(req, now, newly_backlogged, running)
 
@@ -100,6 +88,7 @@ class Policy(abc.ABC):
         newly = not q
         q.appendleft(req)
         self.waiting += 1
+        self.heads_version += 1
         if newly:
             self.backlog_log.append((now, req.client, True))
             self.on_backlogged(req.client)
@@ -113,6 +102,7 @@ class Policy(abc.ABC):
         q = self.queues[c]
         req = q.popleft()
         self.waiting -= 1
+        self.heads_version += 1
         if not q:
             self.backlog_log.append((now, c, False))
             self.on_drained(c)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from serving.policies.base import EngineBehaviour
+from serving.engine.behaviour import ENGINES, EngineBehaviour, EngineName
 from serving.policies.vtc import VTCPolicy
 
 
@@ -26,7 +26,7 @@ class EquinoxConfig:
     """Weights of the holistic score."""
 
     alpha: float = 1.0             # user fairness weight
-    beta: float = 1.0              # resource fairness weight
+    beta: float = 3.0              # resource fairness weight (3: measured on the shape-skewed workloads, docs/equinox.md)
     latency_weight: float = 0.5    # at most this many typical requests' worth of tokens credited for waiting
     preempt_margin: float = 1.0    # fair preemption: a running client must lead the head by this many requests' worth
 
@@ -53,14 +53,14 @@ class EquinoxPolicy(VTCPolicy):
         self.gpu_pred_run: dict[str, float] = defaultdict(float)  # predicted for the requests now running
         self.scale_u = 256.0                  # typical tokens charged per request (running mean)
         self.scale_r = 1.0                    # typical GPU-seconds per request (running mean)
-        self._built = (self.scale_u, self.scale_r, self.wait_all)
+        # the scales priority() uses: frozen between full re-keyings of the heap, so that every key in the heap
+        # was computed with the same scales (a key from older scales would compare wrongly with a fresh one)
+        self.key_scales = (self.scale_u, self.scale_r, self.wait_all)
         self._n = 0
 
     @classmethod
     def default_behaviour(cls):
-        # adaptive batching is off by default: measured, it lowered throughput and raised TTFT (docs/equinox.md)
-        return EngineBehaviour(chunked_prefill=True, token_budget=512, reserve="predicted", reserve_factor=1.5,
-                               adaptive=False)
+        return ENGINES[EngineName.EQUINOX]
 
     def rfc(self, client: str) -> float:
         """Weighted GPU-seconds: measured for the client's requests that have left the batch, plus, for those
@@ -68,37 +68,50 @@ class EquinoxPolicy(VTCPolicy):
         prediction stands until the measurement passes it), plus lifts."""
         return self.rfc_base[client] + max(self.gpu_meas_run[client], self.gpu_pred_run[client])
 
+    def latency_credit(self, client: str) -> float:
+        """Tokens subtracted from the client's counter for having waited longer than others (negative when it
+        waited less): lambda * U * clip(wait(c) / wait_all - 1, -1, 1), with the key scales (0 before any wait
+        is measured)."""
+        u, _, wall = self.key_scales
+        if wall <= 0:
+            return 0.0
+        # waits are >= 0, so wait / wall - 1 >= -1 already: only the upper clip can bind
+        rel = self.wait.get(client, wall) / wall - 1.0
+        return self.cfg.latency_weight * u * (1.0 if rel > 1.0 else rel)
+
     def priority(self, client: str) -> float:
-        # HF = alpha * UFC / U + beta * RFC / G, UFC = VTC counter - bounded latency credit (module doc); rfc()
-        # inlined: this runs for every charged client before each decision
+        """HF = alpha * UFC / U + beta * RFC / G, UFC = VTC counter - latency credit (module doc), with the
+        key scales. rfc() and latency_credit() are inlined: this runs for every charged client before each
+        decision."""
         cfg = self.cfg
+        su, sr, wall = self.key_scales
         hf = 0.0
         if cfg.alpha:
             u = self.counter.get(client, 0.0)
-            if cfg.latency_weight and self.wait_all > 0:
-                rel = self.wait.get(client, self.wait_all) / self.wait_all - 1.0
-                u -= cfg.latency_weight * self.scale_u * (-1.0 if rel < -1.0 else 1.0 if rel > 1.0 else rel)
-            hf = cfg.alpha * u / self.scale_u
+            if cfg.latency_weight and wall > 0:
+                rel = self.wait.get(client, wall) / wall - 1.0  # >= -1: waits are >= 0
+                u -= cfg.latency_weight * su * (1.0 if rel > 1.0 else rel)
+            hf = cfg.alpha * u / su
         if cfg.beta:
             m, p = self.gpu_meas_run[client], self.gpu_pred_run[client]
-            hf += cfg.beta * (self.rfc_base[client] + (m if m > p else p)) / self.scale_r
+            hf += cfg.beta * (self.rfc_base[client] + (m if m > p else p)) / sr
         return hf
 
     def _rescale(self, tokens: float, gpu_s: float) -> None:
-        """Update the normalisation scales; rebuild the heap only when they drift (keeps decisions O(log n))."""
+        """Update the running scales; when they have drifted by more than 5 % from the key scales, adopt them
+        and re-key every waiting client (so decisions stay O(log clients) between re-keyings, and the heap never
+        mixes keys of different scales)."""
         self._n += 1
         a = 1.0 / min(self._n, 100)
         self.scale_u += a * (max(tokens, 1.0) - self.scale_u)
         self.scale_r += a * (max(gpu_s, 1e-6) - self.scale_r)
-        u0, r0, w0 = self._built
+        u0, r0, w0 = self.key_scales
         drift = abs(self.scale_u / u0 - 1) > 0.05 or abs(self.scale_r / r0 - 1) > 0.05
         if self.cfg.latency_weight and self.wait_all > 0:
             drift = drift or w0 <= 0 or abs(self.wait_all / w0 - 1) > 0.05
         if drift:
-            self._built = (self.scale_u, self.scale_r, self.wait_all)
-            for c, q in self.queues.items():
-                if q:
-                    self.heap.set(c, self.priority(c))
+            self.key_scales = (self.scale_u, self.scale_r, self.wait_all)
+            self._dirty.update(self.heap.key)  # the heap holds exactly the clients with requests waiting
 
     def lift(self, c, peers):
         super().lift(c, peers)
@@ -113,6 +126,18 @@ class EquinoxPolicy(VTCPolicy):
         self.gpu_pred_run[req.client] += req.predicted_gpu_s / req.weight
         self._rescale(self.w_p * req.prompt_tokens + self.w_q * req.predicted_output, req.predicted_gpu_s)
         super().on_admit(req, now)
+
+    def record_measured(self, req, gpu_seconds: float) -> None:
+        """A measured GPU-time cost of a running request (e.g. from NVML or an engine's own timers): it counts in
+        the client's RFC at once (replacing the request's prediction once past it) and stays there when the
+        request finishes. For engines that measure; construct the Scheduler with attribute_gpu=False so the cost
+        model's attribution is not counted as well."""
+        if not gpu_seconds >= 0:
+            raise ValueError(f"request {req.rid}: measured GPU-seconds must be >= 0, got {gpu_seconds!r}")
+        g = gpu_seconds / req.weight
+        req.gpu_s += g
+        self.gpu_meas_run[req.client] += g
+        self._dirty.add(req.client)
 
     def on_iteration(self, gpu_seconds, now):
         run = self.gpu_meas_run

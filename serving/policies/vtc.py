@@ -3,9 +3,14 @@
 Counter per client, served in increasing counter order. A request's prompt is charged at admission
 (w_p * prompt / weight) and each output token as it is produced (w_q / weight), w_p = 1, w_q = 2.
 Counter lift: when a client's queue becomes non-empty, its counter is raised to the minimum counter of the
-other clients with waiting requests (so idle time does not bank credit). When no other client is waiting,
-it is raised to the minimum counter of the clients with requests running; with nobody waiting or running
-it keeps its counter. (The artifact lifts against its active set; the no-other-client case is our definition.)
+other clients with waiting requests (so idle time does not bank credit); with no other client waiting it keeps
+its counter (slora/server/router/vtc_req_queue.py: append()). Ties go to the client seen first.
+
+Variants of the artifact: `vtc-oracle` charges the whole output (max_new_tokens, the true length in the
+artifact's runs) at admission and nothing per token (vtc_oracle_req_queue.py); `vtc-pred` charges a per-client
+predicted length at admission, output tokens beyond it as they come, and refunds the excess at completion, the
+prediction being a window-5 running average of the client's output lengths (vtc_pred_len_req_queue.py);
+`lcf` (least counter first, the paper's baseline) is VTC's counter without the lift.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ W_Q = 2.0
 
 class VTCPolicy(Policy):
     name = "vtc"
+    head_moves_on_decode = True
 
     def __init__(self, behaviour: EngineBehaviour | None = None, w_p: float = W_P, w_q: float = W_Q):
         super().__init__(behaviour)
@@ -25,11 +31,6 @@ class VTCPolicy(Policy):
         self.counter: dict[str, float] = {}
         self.heap = ClientHeap()
         self._dirty: set[str] = set()   # clients whose priority changed since the heap was last brought up to date
-
-    # the artifact's engine: admission every 10 decode steps, whole-prompt prefill, full KV reservation
-    @classmethod
-    def default_behaviour(cls):
-        return EngineBehaviour(chunked_prefill=False, admit_every=10, reserve="full")
 
     def priority(self, client: str) -> float:
         return self.counter.get(client, 0.0)
@@ -72,9 +73,8 @@ class VTCPolicy(Policy):
 
     def lift_peers(self, c: str, running: dict[str, int]) -> list[str]:
         """Whose counters VTC's lift looks at when client c's queue becomes non-empty: the other clients with
-        waiting requests, else the other clients with requests running (else nobody)."""
-        peers = [k for k in self.heap.key if k != c]   # the heap holds exactly the clients with waiting requests
-        return peers or [k for k, n in running.items() if n > 0 and k != c]
+        waiting requests (the heap holds exactly those)."""
+        return [k for k in self.heap.key if k != c]
 
     def on_backlogged(self, client):
         self.counter.setdefault(client, 0.0)
@@ -105,25 +105,75 @@ class VTCPolicy(Policy):
 
 
 class VTCPredictedPolicy(VTCPolicy):
-    """VTC charging the predicted output at admission, corrected to the actual count at completion."""
+    """The artifact's VTC with predicted length: at admission the prompt plus the client's predicted output are
+    charged; output tokens beyond the prediction are charged as produced; at completion the unused part of the
+    prediction is refunded and the prediction updated (window-5 running average; the first output sets it).
+
+    The prepaid tokens are pooled per client (the scheduler reports tokens per client, not per request): a
+    request running past its prediction uses up what another of the client's running requests prepaid before it
+    is charged. With one request running per client this is the artifact's per-request rule."""
 
     name = "vtc-pred"
+    WINDOW = 5
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        self.charged: dict[int, float] = {}  # rid -> the output prediction charged at first admission
+        self.predict_len: dict[str, float] = {}
+        self.charged: dict[int, float] = {}    # rid -> the prediction charged at its first admission
+        self.prepaid: dict[str, float] = {}    # client -> predicted tokens charged and not yet produced
 
     def on_admit(self, req, now):
         if req.rid in self.charged:
             return  # readmitted after a preemption: charged at its first admission
-        self.charged[req.rid] = req.predicted_output
-        self.charge(req.client, (self.w_p * req.prompt_tokens + self.w_q * req.predicted_output) / req.weight)
-
-    def on_tokens(self, req, n, now):
-        pass
+        pred = self.predict_len.get(req.client, 0.0)
+        self.charged[req.rid] = pred
+        self.prepaid[req.client] = self.prepaid.get(req.client, 0.0) + pred
+        self.charge(req.client, (self.w_p * req.prompt_tokens + self.w_q * pred) / req.weight)
 
     def on_step(self, tokens, gpu_seconds, now):
-        self.on_iteration(gpu_seconds, now)  # output is charged from the prediction, corrected at completion
+        for c, n in tokens.items():
+            left = self.prepaid.get(c, 0.0)
+            used = min(float(n), left)
+            self.prepaid[c] = left - used
+            if n > used:
+                self.charge(c, self.w_q * (n - used) / self.rep[c].weight)
+        self.on_iteration(gpu_seconds, now)
 
     def on_finish(self, req, now):
-        self.charge(req.client, self.w_q * (req.output_tokens - self.charged.pop(req.rid)) / req.weight)
+        pred = self.charged.pop(req.rid)
+        c = req.client
+        refund = min(max(pred - req.output_tokens, 0.0), self.prepaid.get(c, 0.0))
+        if refund:
+            self.prepaid[c] -= refund
+            self.charge(c, -self.w_q * refund / req.weight)
+        old = self.predict_len.get(c, 0.0)
+        self.predict_len[c] = float(req.output_tokens) if old == 0 else \
+            (old * (self.WINDOW - 1) + req.output_tokens) / self.WINDOW
+
+
+class VTCOraclePolicy(VTCPolicy):
+    """The artifact's oracle VTC: prompt plus the whole output (max_new_tokens) charged at admission."""
+
+    name = "vtc-oracle"
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.charged: set[int] = set()
+
+    def on_admit(self, req, now):
+        if req.rid in self.charged:
+            return
+        self.charged.add(req.rid)
+        self.charge(req.client, (self.w_p * req.prompt_tokens + self.w_q * req.max_output) / req.weight)
+
+    def on_step(self, tokens, gpu_seconds, now):
+        self.on_iteration(gpu_seconds, now)
+
+
+class LCFPolicy(VTCPolicy):
+    """Least counter first: VTC's counter without the lift (a returning client has banked its idle time)."""
+
+    name = "lcf"
+
+    def lift_peers(self, c, running):
+        return []
