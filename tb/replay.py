@@ -311,6 +311,7 @@ class ReplayReport:
     coverage: dict[str, Any] = field(default_factory=dict)
     divergence: dict[str, Any] = field(default_factory=dict)   # stimulus mode: statistics expected vs seen
     timeout: dict[str, Any] | None = None
+    link_errors: list[str] = field(default_factory=list)   # what the hard IP reported (a completion it dropped)
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     trace_tlps: int = 0
@@ -329,7 +330,7 @@ class ReplayReport:
 
     @property
     def ok(self) -> bool:
-        if self.timeout or self.rules.get("errors", 0):
+        if self.timeout or self.rules.get("errors", 0) or self.link_errors:
             return False
         if not self.scoreboard.get("ok", True):
             return False
@@ -387,6 +388,8 @@ class ReplayReport:
             cov = self.coverage
             lines.append(f"  coverage: {cov.get('bins_hit', 0)} of {cov.get('bins_total', 0)} bins "
                          f"({100 * cov.get('fraction', 0):.1f} %)")
+        for e in self.link_errors[:5]:
+            lines.append(f"  LINK ERROR: {e}")
         if self.timeout:
             lines.append(f"  TIMEOUT: {self.timeout.get('message')}")
             for o in self.timeout.get("outstanding", [])[:10]:

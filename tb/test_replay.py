@@ -40,6 +40,9 @@ class Replayer:
         self.mode = mode
         h = plan.header
         model = HostModel.from_json(h.host["model"]) if (h.host or {}).get("model") else HOST_PROFILES["realistic"]
+        # the link the trace obeys wins over the host model it names: tag width is Extended Tag Field Enable,
+        # the attributes are Device Control's enables
+        model = model.replace(ext_tags=h.tag_width > 5, relaxed_ordering=h.relaxed_ordering, no_snoop=h.no_snoop)
         self.tb = TB(dut, LinkConfig(mps=h.mps, mrrs=h.mrrs, rcb=h.rcb, packet_payload_keep=-1), trace_path=capture,
                      scenario=f"replay of {plan.trace.name}", host_model=model, keep_records=False)
         self.chk = self.tb.live_checker()
@@ -327,6 +330,10 @@ class Replayer:
                      "first": [f"#{v.index} {v.rule}: {v.message}" for v in chk.first[:5]]}
         rep.coverage = self.cov.finish().to_json() if self.cov is not None else {}
         rep.timeout = timeout
+        drops = self.tb.dev.local_error.qsize()
+        if drops:
+            rep.link_errors.append(f"the hard IP dropped {drops} completion(s): its completion buffer overflowed "
+                                   f"(the device had more reads outstanding than the buffer it was told of holds)")
         rep.notes += plan.notes[:5]
         if self.mode == "stimulus":
             rep.divergence = divergence(plan, self.seen)
