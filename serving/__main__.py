@@ -1,4 +1,4 @@
-"""python -m serving bench|calibrate: the Equinox command line."""
+"""python -m serving bench|serve|load|hash-key: the Equinox command line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from serving.daemon.cli import COMMANDS as DAEMON_COMMANDS, add_commands, run_command
 from serving.bench import ABLATIONS, format_table, plot, run_bench, to_json
 from serving.engine.profiles import ProfileName
 from serving.policies import PolicyName
@@ -17,6 +18,7 @@ from serving.workloads import SUITES, load_workload
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m serving", description="Equinox fair LLM serving")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    add_commands(sub)   # serve, load, hash-key (serving/daemon/cli.py)
     b = sub.add_parser("bench", help="compare policies on a workload in the engine simulator")
     b.add_argument("--workload", default="lmsys",
                    help=f"lmsys, sharegpt, a VTC suite ({', '.join(SUITES)}) or a .json/.jsonl/.csv trace")
@@ -32,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="out/bench", help="folder for PNG plots and results.json")
     b.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.cmd in DAEMON_COMMANDS:
+        return run_command(args)
     try:
         kw = {}
         if args.requests:

@@ -104,6 +104,15 @@ class VTCPolicy(Policy):
         self.on_iteration(gpu_seconds, now)
 
 
+    def counters(self):
+        return {"vtc": dict(self.counter)}
+
+    def restore_counters(self, saved):
+        super().restore_counters(saved)
+        for c, v in saved.get("vtc", {}).items():
+            self.charge(c, float(v) - self.counter.get(c, 0.0))
+
+
 class VTCPredictedPolicy(VTCPolicy):
     """VTC charging the predicted output at admission, corrected to the actual count at completion."""
 
