@@ -69,9 +69,13 @@ class SimBackend(Backend):
     # jobs ----------------------------------------------------------------------------------------
     def natural_length(self, job: Job) -> int:
         """The output length the simulated model 'wants' for this prompt (deterministic in seed and prompt)."""
-        key = zlib.crc32(json.dumps(job.body.get("prompt", job.body.get("messages")), sort_keys=True).encode())
+        key = self._key(job)
         rng = random.Random(self.bcfg.seed * 1_000_003 + key)
         return max(1, int(round(self.bcfg.mean_output_tokens * math.exp(0.8 * rng.gauss(0.0, 1.0)))))
+
+    @staticmethod
+    def _key(job: Job) -> int:
+        return zlib.crc32(json.dumps(job.body.get("prompt", job.body.get("messages")), sort_keys=True).encode())
 
     def submit(self, job: Job) -> None:
         job.natural = self.natural_length(job)
@@ -86,7 +90,7 @@ class SimBackend(Backend):
 
     def _texts(self, job: Job, start: int, n: int) -> list[str]:
         w = self.words
-        base = job.seq * 7919
+        base = self._key(job) * 7919   # the same prompt gets the same text
         return [(" " if i else "") + w[(base + i * 31) % len(w)] for i in range(start, start + n)]
 
     # the engine loop -----------------------------------------------------------------------------
