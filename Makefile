@@ -12,7 +12,7 @@ JOBS ?= 2
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-serving lint clean help
+.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-serving lint clean help serve check-gpu bench-daemon
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo] [SIM=verilator|icarus] [WIDTH=64|128|256] [WAVES=1]"
@@ -20,6 +20,8 @@ help:
 	@echo "make bench-sim     Verilator vs Icarus on one scenario;  make bench-rules   checker throughput"
 	@echo "make bench-serving Equinox vs VTC vs FCFS (LMSYS, ShareGPT), decision cost, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
+	@echo "make serve         the OpenAI-compatible daemon on 127.0.0.1:8000 (examples/serve.yaml, sim backend)"
+	@echo "make bench-daemon  daemon throughput, scheduler overhead, 1,000 streams, exactly-once;  make check-gpu  NVML"
 
 setup: $(STAMP)
 
@@ -64,3 +66,14 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build traces results.xml
+
+# serving daemon (issue 12) ------------------------------------------------------------------------------------
+SERVE_CONFIG ?= examples/serve.yaml
+serve: $(STAMP)
+	$(PY) -m serving serve --config $(SERVE_CONFIG) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
+
+check-gpu: $(STAMP)
+	$(PY) sim_scripts/check_gpu.py
+
+bench-daemon: $(STAMP)
+	$(PY) sim_scripts/bench_daemon.py
