@@ -105,3 +105,18 @@ def test_example_configs_load():
     t = load_config(root / "examples/serve.toml")
     assert y.clients == t.clients and y.backend.kind == t.backend.kind == "sim"
     assert [c.name for c in y.clients] == ["alice", "bob"] and y.clients[0].weight == 2
+
+
+def test_grafana_dashboard_names_only_metrics_the_daemon_exports():
+    import json
+    import re
+    from pathlib import Path
+    from serving.daemon.metrics import DaemonMetrics
+    dash = json.loads((Path(__file__).resolve().parent.parent / "examples/grafana/equinox.json").read_text())
+    names = {m.name for m in DaemonMetrics().registry.collect()} | {
+        "equinox_queue_depth", "equinox_running_requests", "equinox_fairness_counter", "equinox_hf_score",
+        "equinox_utilization", "equinox_pcie_throughput_bytes_per_second", "equinox_upstream_up",
+        "equinox_upstream_in_flight"}
+    used = {re.sub(r"_(total|bucket)$", "", m) for p in dash["panels"] for t in p["targets"]
+            for m in re.findall(r"equinox_[a-z_]+", t["expr"])}
+    assert used and used <= names, used - names
