@@ -56,6 +56,14 @@ def parse_json(raw: bytes) -> dict:
         raise ApiError(400, "the request body is not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise ApiError(400, f"malformed JSON in the request body: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise ApiError(400, "the request body's JSON is nested too deeply") from None
+    if b"\\ud" in raw.lower():   # a \uD800-\uDFFF escape: JSON allows a lone one, no text encoding does
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "the request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff): not "
+                           "text") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
     return body

@@ -161,7 +161,9 @@ class Daemon:
         self._tasks = [asyncio.create_task(self._persist_loop(), name="persist")]
         if self.telemetry is not None:
             self._tasks.append(asyncio.create_task(self._telemetry_loop(), name="telemetry"))
-        log.info("serving %s with %s on the %s backend", self.cfg.model, self.cfg.policy, self.cfg.backend.kind)
+        log.info("serving %s with %s on the %s backend; prompt tokens counted by %s", self.cfg.model, self.cfg.policy,
+                 self.cfg.backend.kind, self.tokenizer.name if self.backend.usage_source == "tokenizer" else
+                 "the upstream (its usage)")
 
     async def shutdown(self) -> None:
         self.draining = True
@@ -370,7 +372,7 @@ class Daemon:
             return self._err(e)
         self.in_flight[client.name] += 1
         if job.stream:
-            return EventSourceResponse(self._stream(job, request), ping=15, send_timeout=30)
+            return _JobStream(self, job, self._stream(job, request), ping=15, send_timeout=30)
         try:
             return await self._complete(job, request)
         finally:
@@ -435,6 +437,11 @@ class Daemon:
                     self.backend.cancel(job, "disconnect")
                     self.metrics.responses.labels(job.client, "499").inc()
                     return Response(status_code=499)
+        except BaseException:   # the handler itself was cancelled (forced shutdown): the work stops with it
+            if not job.done:
+                self.backend.cancel(job, "disconnect")
+                self.metrics.responses.labels(job.client, "499").inc()
+            raise
         finally:
             watch.cancel()
 
@@ -474,11 +481,35 @@ class Daemon:
                     return
         except asyncio.CancelledError:
             status = "499"
-            self.backend.cancel(job, "disconnect")
             raise
         finally:
-            if not job.done and status == "200":   # the generator was closed without an end: the client is gone
-                status = "499"
-                self.backend.cancel(job, "disconnect")
-            self.in_flight[job.client] -= 1
-            self.metrics.responses.labels(job.client, status).inc()
+            self._settle_stream(job, status)
+
+    def _settle_stream(self, job: Job, status: str) -> None:
+        """A stream's end, once whatever way it ended (its generator's end, or the response failing before the
+        generator ever ran): the job is cancelled if it has no answer yet (the client is gone: charged what was
+        produced), its slot is freed, its response counted."""
+        if job.settled:
+            return
+        job.settled = True
+        if not job.done:
+            status = "499"
+            self.backend.cancel(job, "disconnect")
+        self.in_flight[job.client] -= 1
+        self.metrics.responses.labels(job.client, status).inc()
+
+
+class _JobStream(EventSourceResponse):
+    """sse-starlette's response for one job's stream, settling the job however the response ends: a client gone
+    before the first event means the generator never started, and its own ``finally`` would never run."""
+
+    def __init__(self, daemon: Daemon, job: Job, events, **kw):
+        super().__init__(events, **kw)
+        self._daemon, self._job, self._events = daemon, job, events
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._events.aclose()          # runs the generator's own finally if it started
+            self._daemon._settle_stream(self._job, "499")

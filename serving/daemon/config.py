@@ -37,6 +37,11 @@ def _positive(owner: str, name: str, v, integer: bool = False, allow_none: bool 
         raise ConfigError(f"{owner}{name} must be {kind}, got {v!r}")
 
 
+def _indices(v) -> bool:
+    """A list of device indices (integers >= 0)."""
+    return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+
+
 @dataclass
 class ClientConfig:
     """One client: its identity for fairness comes from the key, never from the request."""
@@ -73,8 +78,16 @@ class UpstreamConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.url, str) or not re.match(r"^https?://[^/\s]+", self.url):
             raise ConfigError(f"url must be http(s)://host[:port], got {self.url!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise ConfigError(f"model must be a non-empty name or absent, got {self.model!r}")
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            raise ConfigError(f"api_key must be a string or absent, got {self.api_key!r}")
         _positive("", "max_concurrent", self.max_concurrent, integer=True)
         _positive("", "kv_tokens", self.kv_tokens, integer=True)
+        if not isinstance(self.telemetry, list):
+            raise ConfigError(f"telemetry must be a list, got {self.telemetry!r}")
+        if not _indices(self.gpus):
+            raise ConfigError(f"gpus must be a list of GPU indices (integers >= 0), got {self.gpus!r}")
         for t in self.telemetry:
             if t not in ("vllm", "nvml"):
                 raise ConfigError(f"telemetry must list 'vllm' and/or 'nvml', got {t!r}")
@@ -105,6 +118,8 @@ class BackendConfig:
             raise ConfigError(f"profile: unknown profile: {self.profile!r} "
                               f"(known: {', '.join(p.value for p in ProfileName)})")
         _positive("", "time_scale", self.time_scale)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         _positive("", "mean_output_tokens", self.mean_output_tokens, integer=True)
         for k in ("health_interval_s", "request_timeout_s", "connect_timeout_s"):
             _positive("", k, getattr(self, k))
@@ -125,6 +140,11 @@ class TelemetryConfig:
     def __post_init__(self) -> None:
         _positive("", "interval_s", self.interval_s)
         _positive("", "nic_speed", self.nic_speed)
+        if self.nvml_gpus is not None and not _indices(self.nvml_gpus):
+            raise ConfigError(f"nvml_gpus must be a list of GPU indices (integers >= 0) or absent, "
+                              f"got {self.nvml_gpus!r}")
+        if self.nic_stats_json is not None and not isinstance(self.nic_stats_json, str):
+            raise ConfigError(f"nic_stats_json must be a file path or absent, got {self.nic_stats_json!r}")
 
 
 @dataclass
@@ -148,6 +168,8 @@ class DaemonConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.host, str) or not self.host:
+            raise ConfigError(f"host must be a non-empty address, got {self.host!r}")
         _positive("", "port", self.port, integer=True)
         if self.port > 65535:
             raise ConfigError(f"port must be at most 65535, got {self.port!r}")
@@ -160,6 +182,8 @@ class DaemonConfig:
         known = [p.value for p in PolicyName]
         if self.policy not in known:
             raise ConfigError(f"policy: unknown policy: {self.policy!r} (known: {', '.join(known)})")
+        if not isinstance(self.state_path, str):
+            raise ConfigError(f'state_path must be a file path or "" (not persisted), got {self.state_path!r}')
         if not self.clients:
             raise ConfigError("clients: at least one client is needed")
         names, hashes = set(), set()
@@ -170,6 +194,8 @@ class DaemonConfig:
                 raise ConfigError(f"clients[{i}].key_sha256: two clients share one key")
             names.add(c.name)
             hashes.add(c.key_sha256)
+        if not isinstance(self.admin_keys_sha256, list):
+            raise ConfigError(f"admin_keys_sha256 must be a list of hashes, got {self.admin_keys_sha256!r}")
         for i, h in enumerate(self.admin_keys_sha256):
             if not isinstance(h, str) or not _HASH.match(h):
                 raise ConfigError(f"admin_keys_sha256[{i}] must be 64 lowercase hex digits, got {h!r}")

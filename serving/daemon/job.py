@@ -71,6 +71,7 @@ class Job:
     emitted: int = 0                  # tokens sent to the events queue
     done: bool = False                # an End or Failed has been queued
     cancelled: bool = False           # the client went away or the daemon failed it
+    settled: bool = False             # streams: the HTTP side has closed its books on it (slot freed, counted)
     natural: int = 0                  # sim: the output length the simulated model would produce unasked
     text: str = ""                    # output so far, kept only while stop sequences are watched for
 

@@ -44,11 +44,12 @@ class Tokenizer:
 
 
 def render_chat(messages: list[dict]) -> str:
-    """Mistral instruct layout: system text joins the first user turn; assistant turns close with </s>."""
+    """Mistral instruct layout: system (and developer) text joins the next user turn; assistant turns close with
+    </s>."""
     out, system = [], ""
     for m in messages:
         role, text = m["role"], m["content"]
-        if role == "system":
+        if role in ("system", "developer"):
             system += text + "\n\n"
         elif role in ("user", "tool"):
             out.append(f"[INST] {system}{text} [/INST]")

@@ -58,19 +58,24 @@ class SchedulerHost:
     def apply_pending(self, metrics) -> list[tuple[Job, str]]:
         """Arrivals into the scheduler, cancellations out of it (charged what they produced)."""
         now = self.now()
+        unseen = set()
         for job in self._arrivals:
             if job.cancelled:
-                continue   # gone before the scheduler saw it: nothing to charge
+                unseen.add(job.req.rid)   # gone before the scheduler saw it: nothing to charge
+                continue
             self.jobs[job.req.rid] = job
             self.scheduler.add_request(job.req, job.req.arrival)
         self._arrivals.clear()
         done = []
         for job, reason in self._cancels:
-            if job.req.rid in self.jobs:
+            rid = job.req.rid
+            if rid in self.jobs:
                 self.scheduler.release(job.req, now)
-                del self.jobs[job.req.rid]
-                metrics.cancelled.labels(job.client, reason).inc()
-                done.append((job, reason))
+                del self.jobs[rid]
+            elif rid not in unseen:
+                continue   # it ended in the engine before the cancellation got here: not cancelled
+            metrics.cancelled.labels(job.client, reason).inc()
+            done.append((job, reason))
         self._cancels.clear()
         return done
 

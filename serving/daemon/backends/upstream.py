@@ -92,6 +92,7 @@ class UpstreamBackend(Backend):
         self.host = _Host(cfg.policy, profile, self.behaviour)
         self._tasks: list[asyncio.Task] = []
         self._runs: dict[Job, asyncio.Task] = {}
+        self._marks: dict[Job, int] = {}      # tokens each running job had produced at the last telemetry charge
         self._stopping = False
         self._t0 = time.monotonic()
 
@@ -286,36 +287,38 @@ class UpstreamBackend(Backend):
             await self._check_health()
 
     async def _telemetry_loop(self) -> None:
-        """Each interval: what each replica's GPUs (and links) were busy is charged to the requests running on
-        it, in proportion to the tokens they produced in the interval (evenly when none produced any)."""
         interval = self.cfg.telemetry.interval_s
-        marks: dict[Job, int] = {}
         while not self._stopping:
             await asyncio.sleep(interval)
-            for rep in self.replicas:
-                rep.fallback.record(interval if rep.in_flight else 0.0, 0.0, running=len(rep.in_flight))
-                try:
-                    smp = await asyncio.to_thread(rep.telemetry.read)
-                except TelemetryError as e:
-                    log.warning("replica %s: no telemetry: %s", rep.url, e)
-                    continue
-                d = smp.devices[0]
-                rep.last_sample = {"device": rep.url, "gpu_util": d.gpu_util, "pcie_util": d.pcie_util,
-                                   "kv_usage": d.kv_usage, "mem_used_bytes": d.mem_used_bytes,
-                                   "pcie_tx_bps": d.pcie_tx_bps, "pcie_rx_bps": d.pcie_rx_bps,
-                                   "sources": dict(rep.telemetry.origin)}
-                busy = max(d.gpu_util or 0.0, d.pcie_util or 0.0) * interval * rep.n_gpus
-                jobs = [j for j in rep.in_flight if j.req is not None and j.req.rid in self.host.jobs]
-                if not jobs or busy <= 0:
-                    continue
-                made = {j: j.emitted - marks.get(j, 0) for j in jobs}
-                total = sum(made.values())
-                now = self.host.now()
-                for j in jobs:
-                    share = busy * (made[j] / total if total else 1.0 / len(jobs))
-                    self.host.scheduler.record_progress(j.req, 0, share, now)
-                    marks[j] = j.emitted
-            marks = {j: n for j, n in marks.items() if not j.done}
+            await self.charge_measured(interval)
+
+    async def charge_measured(self, interval: float) -> None:
+        """One telemetry interval: what each replica's GPUs (and links) were busy is charged to the requests running
+        on it, in proportion to the tokens they produced in the interval (evenly when none produced any)."""
+        for rep in self.replicas:
+            rep.fallback.record(interval if rep.in_flight else 0.0, 0.0, running=len(rep.in_flight))
+            try:
+                smp = await asyncio.to_thread(rep.telemetry.read)
+            except TelemetryError as e:
+                log.warning("replica %s: no telemetry: %s", rep.url, e)
+                continue
+            d = smp.devices[0]
+            rep.last_sample = {"device": rep.url, "gpu_util": d.gpu_util, "pcie_util": d.pcie_util,
+                               "kv_usage": d.kv_usage, "mem_used_bytes": d.mem_used_bytes,
+                               "pcie_tx_bps": d.pcie_tx_bps, "pcie_rx_bps": d.pcie_rx_bps,
+                               "sources": dict(rep.telemetry.origin)}
+            busy = max(d.gpu_util or 0.0, d.pcie_util or 0.0) * interval * rep.n_gpus
+            jobs = [j for j in rep.in_flight if j.req is not None and j.req.rid in self.host.jobs]
+            if not jobs or busy <= 0:
+                continue
+            made = {j: j.emitted - self._marks.get(j, 0) for j in jobs}
+            total = sum(made.values())
+            now = self.host.now()
+            for j in jobs:
+                share = busy * (made[j] / total if total else 1.0 / len(jobs))
+                self.host.scheduler.record_progress(j.req, 0, share, now)
+                self._marks[j] = j.emitted
+        self._marks = {j: n for j, n in self._marks.items() if not j.done}
 
 
 class _Host(SchedulerHost):
