@@ -12,7 +12,7 @@ JOBS ?= 2
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-serving lint clean help serve check-gpu bench-daemon
+.PHONY: setup sim test test-fast regress bench-sim bench-rules bench-serving lint clean help serve check-gpu bench-daemon mutmut
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo] [SIM=verilator|icarus] [WIDTH=64|128|256] [WAVES=1]"
@@ -21,7 +21,8 @@ help:
 	@echo "make bench-serving Equinox vs VTC vs FCFS (LMSYS, ShareGPT), decision cost, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
 	@echo "make serve         the OpenAI-compatible daemon on 127.0.0.1:8000 (examples/serve.yaml, sim backend)"
-	@echo "make bench-daemon  daemon throughput, scheduler overhead, 1,000 streams, exactly-once;  make check-gpu  NVML"
+	@echo "make bench-daemon  daemon throughput, scheduler overhead, 1,000 streams, exactly-once, aiperf;  make check-gpu  NVML"
+	@echo "make mutmut        mutation testing of the daemon's logic modules (kill rate per module)"
 
 setup: $(STAMP)
 
@@ -75,5 +76,21 @@ serve: $(STAMP)
 check-gpu: $(STAMP)
 	$(PY) sim_scripts/check_gpu.py
 
-bench-daemon: $(STAMP)
-	$(PY) sim_scripts/bench_daemon.py
+# the external benchmark client (aiperf) lives in its own venv: it is large and no part of the runtime
+AIPERF_VENV := .venv-aiperf
+AIPERF := $(AIPERF_VENV)/bin/aiperf
+$(AIPERF): requirements-bench.txt
+	@test -x $(AIPERF_VENV)/bin/python || $(PYTHON) -m venv $(AIPERF_VENV)
+	set -o pipefail; $(AIPERF_VENV)/bin/python -m pip install -q -r requirements-bench.txt 2>&1 | { grep -v "is ignored" || true; }
+	@touch $(AIPERF)
+
+bench-daemon: $(STAMP) $(AIPERF)
+	$(PY) sim_scripts/bench_daemon.py --aiperf $(AIPERF)
+
+# mutation testing of the daemon's logic modules ([tool.mutmut] in pyproject.toml), one module at a time:
+# make mutmut MUTATE='serving.daemon.auth*'   (a mutant-name glob; default: all of them, module by module)
+MUTATE ?= serving.daemon.auth* serving.daemon.config* serving.daemon.api* serving.daemon.state* serving.daemon.tokenizer* serving.daemon.metrics* serving.daemon.backends.common* serving.daemon.backends.upstream* host.telemetry*
+mutmut: $(STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v "is ignored" || true; }
+	@for m in $(MUTATE); do echo "== mutmut $$m"; $(VENV)/bin/mutmut run --max-children 2 "$$m" >/dev/null || exit 1; done
+	$(PY) sim_scripts/mutmut_report.py

@@ -209,11 +209,13 @@ class Replica:
 
     def __init__(self, tmp: Path, port: int | None = None, **over):
         over.setdefault("backend", {"time_scale": 0.002})
+        over.setdefault("shutdown_grace_s", 0.5)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.daemon = Daemon(cfg(tmp, port=self.port, **over))
         self.server = uvicorn.Server(uvicorn.Config(self.daemon.app(), host="127.0.0.1", port=self.port,
-                                                    log_level="warning", lifespan="on", loop="asyncio"))
+                                                    log_level="warning", lifespan="on", loop="asyncio",
+                                                    timeout_graceful_shutdown=2))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         end = time.monotonic() + 10
@@ -232,7 +234,7 @@ class Replica:
 
     def stop(self):
         self.server.should_exit = True
-        self.thread.join(15)
+        self.thread.join(10)
 
 
 @pytest.fixture
@@ -251,8 +253,10 @@ def replicas(tmp_path):
 
 def front(tmp_path, urls, retry_after=7, **up):
     upstreams = [{"url": u, "api_key": KEYS["alice"], "max_concurrent": 4, **up} for u in urls]
-    return Daemon(cfg(tmp_path, backend={"kind": "upstream", "health_interval_s": 0.1, "retry_after_s": retry_after,
-                                         "connect_timeout_s": 1, "upstreams": upstreams}))
+    # short timeouts: a request that hangs fails the test in seconds (mutation testing runs broken variants)
+    return Daemon(cfg(tmp_path, shutdown_grace_s=0.5, backend={
+        "kind": "upstream", "health_interval_s": 0.1, "retry_after_s": retry_after, "connect_timeout_s": 1,
+        "request_timeout_s": 5, "upstreams": upstreams}))
 
 
 def failures(d, url):

@@ -100,6 +100,7 @@ def ups(**kw) -> dict:
     (client(colour=1), "clients[0].colour: unknown setting (known: name, key_sha256, weight, max_concurrent, "
                        "token_quota)"),
     (client(weight=0), "clients[0].weight must be a positive number, got 0"),
+    (client(weight=None), "clients[0].weight must be a positive number, got None"),
     (client(weight=-1.5), "clients[0].weight must be a positive number, got -1.5"),
     (client(weight=True), "clients[0].weight must be a positive number, got True"),
     (client(weight="2"), "clients[0].weight must be a positive number, got '2'"),
@@ -171,6 +172,17 @@ def test_bad_config_one_line_naming_the_field(data, message):
     assert str(e.value) == f"c.yaml: {message}"
 
 
+@pytest.mark.parametrize("level", ["critical", "error", "warning", "info", "debug"])
+def test_log_levels(level):
+    assert parse_config(base(log_level=level)).log_level == level
+
+
+def test_default_source_name():
+    with pytest.raises(ConfigError) as e:
+        parse_config({})
+    assert str(e.value) == "<config>: clients: at least one client is needed"
+
+
 def test_good_configs_keep_what_they_say():
     cfg = parse_config({
         "host": "0.0.0.0", "port": 65535, "model": "m", "max_model_len": 1, "default_max_tokens": 1, "policy": "vtc",
@@ -211,6 +223,8 @@ def test_config_files(tmp_path):
                                      "'<stream end>')"),
         ("tab.yaml", "a: b: c\n", "tab.yaml:1: not valid YAML (mapping values are not allowed here)"),
         ("bad.toml", "clients = [\n", None),
+        ("ctl.yaml", "a: \x07\n", "ctl.yaml: not valid YAML (unacceptable character #x0007: special characters "
+                                  "are not allowed)"),
         ("c.json", "{}", "c.json: config files are .yaml, .yml or .toml, not '.json'"),
         ("noext", "x", "noext: config files are .yaml, .yml or .toml, not 'no suffix'"),
     ]
@@ -224,6 +238,11 @@ def test_config_files(tmp_path):
             assert str(e.value).startswith(f"{p}: not valid TOML (") and "\n" not in str(e.value)
         else:
             assert str(e.value) == f"{tmp_path}/{msg}"
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"model: caf\xe9\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(latin)
+    assert str(e.value) == f"{latin}: not UTF-8 text (byte 10)"
     d = tmp_path / "dir.yaml"
     d.mkdir()
     with pytest.raises(ConfigError) as e:
@@ -256,7 +275,7 @@ def test_parse_json():
     for raw, name in ((b"[1]", "list"), (b'"s"', "str"), (b"3", "int"), (b"null", "NoneType")):
         with pytest.raises(ApiError) as e:
             parse_json(raw)
-        assert e.value.message == f"the request body must be a JSON object, got {name}"
+        assert (e.value.status, e.value.message) == (400, f"the request body must be a JSON object, got {name}")
 
 
 @pytest.mark.parametrize("body,kind,status,param,message", [
@@ -335,6 +354,9 @@ def test_parse_json():
                                                            "prompt per request"),
     (c(prompt=[[]]), Kind.COMPLETION, 400, "prompt", "prompt must be a non-empty string or a list of token ids, "
                                                      "got list"),
+    (c(prompt=[None]), Kind.COMPLETION, 400, "prompt", "prompt must be a non-empty string or a list of token ids, "
+                                                       "got list"),
+    (ch(top_logprobs=1), Kind.CHAT, 400, "logprobs", "logprobs are not supported by this server"),
     (c(prompt=7), Kind.COMPLETION, 400, "prompt", "prompt must be a non-empty string or a list of token ids, got int"),
     (ch(messages=[]), Kind.CHAT, 400, "messages", "messages must be a non-empty list"),
     (ch(messages="hi"), Kind.CHAT, 400, "messages", "messages must be a non-empty list"),
@@ -383,7 +405,8 @@ def test_good_bodies_parse_to_what_they_ask():
     assert m.messages == [{"role": "system", "content": "s"}, {"role": "user", "content": "ab"},
                           {"role": "assistant", "content": ""}, {"role": "tool", "content": "t"}]
     assert m.max_tokens == 5 and m.text is None and m.kind is Kind.CHAT
-    assert v(ch(max_tokens=9), Kind.CHAT).max_tokens == 9
+    assert v(ch(max_tokens=9), Kind.CHAT).max_tokens == 9 and v(c(max_tokens=1)).max_tokens == 1
+    assert v(ch(top_logprobs=0, logprobs=False), Kind.CHAT).max_tokens is None
     assert v(ch(max_completion_tokens=None, max_tokens=4), Kind.CHAT).max_tokens == 4
 
 
@@ -499,15 +522,17 @@ def test_state_refuses_files_it_cannot_use(tmp_path):
 # tokenizer ---------------------------------------------------------------------------------------------------
 def test_tokenizer_counts_pieces_plus_bos():
     from serving.daemon.tokenizer import MODEL_PATH, NAME, Tokenizer, WORDS, default_tokenizer, render_chat
-    tok = default_tokenizer()
-    assert default_tokenizer() is tok and tok.name == NAME
+    assert default_tokenizer() is default_tokenizer()
+    tok = Tokenizer(MODEL_PATH)        # a fresh one (the cached one may predate what is being tested)
+    assert tok.name == NAME == "mistral-7b-v0.1 (sentencepiece, shipped in data/tokenizer)"
     # ids of the Mistral-7B v0.1 SentencePiece model (the same as its HF tokenizer gives, BOS 1 excluded)
     assert tok.encode("Explain PCIe completions") == [13702, 426, 18854, 28706, 2691, 594]
     assert tok.count("Explain PCIe completions") == 7 and tok.count("") == 1
     assert tok.words and set(tok.words) <= set(WORDS)
     for w in tok.words:
         assert len(tok.encode(w)) == 1 and len(tok.encode("x " + w)) == 2
-    assert "model" in tok.words and "fair" in tok.words
+    assert "model" in tok.words and "fair" in tok.words and len(tok.words) == 42
+    assert tok.words == default_tokenizer().words
     assert render_chat([{"role": "system", "content": "S"}, {"role": "user", "content": "U1"},
                         {"role": "assistant", "content": "A"}, {"role": "tool", "content": "T"}]) == \
         "[INST] S\n\nU1 [/INST]A</s>[INST] T [/INST]"
@@ -532,6 +557,10 @@ def scrape(m) -> dict:
     return out
 
 
+def L(**kw):
+    return tuple(sorted(kw.items()))
+
+
 def test_metrics_exposition_of_the_state():
     from serving.daemon.metrics import DaemonMetrics
     m = DaemonMetrics()
@@ -540,7 +569,9 @@ def test_metrics_exposition_of_the_state():
         "queue": {"a": 3, "b": 0}, "running": {"a": 1}, "counters": {"vtc": {"a": 10.5}, "rfc": {"b": 0.5}},
         "hf": {"a": -1.25}, "ready": True,
         "telemetry": {"sim": [{"device": "sim0", "gpu_util": 0.5, "pcie_util": None, "kv_usage": 0.25,
-                               "pcie_tx_bps": None, "pcie_rx_bps": 7.0, "mem_used_bytes": 99}]},
+                               "pcie_tx_bps": None, "pcie_rx_bps": 7.0, "mem_used_bytes": 99}],
+                      "nvml": [{"device": "gpu1", "gpu_util": 0.0, "pcie_util": 0.75, "kv_usage": None,
+                                "pcie_tx_bps": 3.0, "pcie_rx_bps": None, "mem_used_bytes": 0}]},
         "upstreams": [{"url": "http://u1", "healthy": True, "in_flight": 4},
                       {"url": "http://u2", "healthy": False, "in_flight": 0}],
     }
@@ -548,8 +579,20 @@ def test_metrics_exposition_of_the_state():
     m.requests.labels("a", "chat").inc()
     m.tokens.labels("a", "completion").inc(5)
     m.ttft.labels("a").observe(0.02)
+    m.tbt.labels("b").observe(0.004)
     s = scrape(m)
-    L = lambda **kw: tuple(sorted(kw.items()))  # noqa: E731
+    assert s[("equinox_tbt_seconds_bucket", L(client="b", le="0.005"))] == 1
+    assert s[("equinox_utilization", L(source="nvml", device="gpu1", resource="pcie"))] == 0.75
+    assert s[("equinox_utilization", L(source="nvml", device="gpu1", resource="gpu"))] == 0.0
+    assert ("equinox_utilization", L(source="nvml", device="gpu1", resource="kv")) not in s
+    assert s[("equinox_pcie_throughput_bytes_per_second", L(source="nvml", device="gpu1", direction="tx"))] == 3.0
+    assert s[("equinox_gpu_memory_used_bytes", L(source="nvml", device="gpu1"))] == 0
+    from serving.daemon.metrics import COUNTERS, GAUGES, HISTOGRAMS
+    fams = {f.name: f for f in text_string_to_metric_families(m.exposition().decode())
+            if not f.name.endswith("_created")}
+    assert set(fams) == set(COUNTERS) | set(HISTOGRAMS) | set(GAUGES)
+    for name, (help, *_) in {**COUNTERS, **HISTOGRAMS, **GAUGES}.items():
+        assert fams[name].documentation == help
     assert s[("equinox_queue_depth", L(client="a"))] == 3 and s[("equinox_queue_depth", L(client="b"))] == 0
     assert s[("equinox_running_requests", L(client="a"))] == 1
     assert s[("equinox_fairness_counter", L(client="a", kind="vtc"))] == 10.5
@@ -623,6 +666,7 @@ def test_host_enqueue_then_apply():
     assert j2.req.rid == 2
     assert h.apply_pending(m) == []
     assert h.jobs == {1: j1, 2: j2} and h.scheduler.policy.waiting == 2 and h._arrivals == []
+    assert h.scheduler.policy.backlog_log[-2:] == [(2.5, "a", True), (2.5, "b", True)]
 
 
 def test_host_cancel_before_and_after_the_scheduler_saw_it():
@@ -645,6 +689,15 @@ def test_host_cancel_before_and_after_the_scheduler_saw_it():
     assert done == [(late, "disconnect")] and late.req.rid not in h.jobs and other.req.rid in h.jobs
     assert cancelled(m, "b", "disconnect") == 1 and h.scheduler.policy.waiting == 1 and h._cancels == []
     assert h.scheduler.policy.backlog_log[-1] == (1.0, "b", False)
+    # a cancellation that comes after the engine ended the job is dropped, and does not stop those behind it
+    gone = mkjob("d")
+    h.enqueue(gone, 5)
+    h.apply_pending(m)
+    del h.jobs[gone.req.rid]                                 # as the engine does when it finishes a job
+    h.request_cancel(gone, "disconnect")
+    h.request_cancel(other, "shutdown")
+    assert h.apply_pending(m) == [(other, "shutdown")] and h.jobs == {}
+    assert cancelled(m, "d", "disconnect") == 0 and cancelled(m, "c", "shutdown") == 1
 
 
 def test_host_fail_all_answers_everything_once_and_keeps_counters_on_a_fault():
@@ -660,8 +713,11 @@ def test_host_fail_all_answers_everything_once_and_keeps_counters_on_a_fault():
     answered.answer(End("stop", 1, 1, "tokenizer"))
     before = s.policy.counters()
     assert before["vtc"]["a"] > 0
+    running = held if held.req.rid in s.running else answered
+    h.t = 7.0
     n = h.fail_all(503, "shutting down", retry_after=4)
     assert n == 2 and h.jobs == {} and h._arrivals == [] and not s.running and s.policy.waiting == 0
+    assert running.req.finished == 7.0
     for j in (held, queued):
         while not j.events.empty():
             last = j.events.get_nowait()
@@ -684,6 +740,9 @@ def test_host_overhead_and_clock():
     h.record_overhead(m, 0.002)
     h.record_overhead(m, 0.02)
     assert list(h.overhead) == [0.002, 0.02]
+    for i in range(200_000):                 # the last 200,000 decisions are kept for exact quantiles
+        h.record_overhead(m, 1e-6)
+    assert len(h.overhead) == 200_000 and h.overhead[0] == 1e-6 and 0.02 not in h.overhead
     s = scrape(m)
     assert s[("equinox_scheduler_overhead_seconds_count", ())] == 2
     assert s[("equinox_scheduler_overhead_seconds_bucket", (("le", "0.0025"),))] == 1

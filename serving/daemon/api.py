@@ -116,7 +116,7 @@ def validate(body: dict, kind: Kind, served_model: str) -> Parsed:
     if model != served_model:
         raise ApiError(404, f"The model `{model}` does not exist (this server serves `{served_model}`)",
                        param="model", code="model_not_found")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
     if stream is None:
         stream = False
     if not isinstance(stream, bool):

@@ -229,8 +229,6 @@ def _build(cls, data: Any, where: str):
         return cls(**kw)
     except ConfigError as e:
         raise ConfigError(f"{where}.{e}" if where else str(e)) from None
-    except TypeError as e:
-        raise ConfigError(f"{where or 'top level'}: {e}") from None
 
 
 def parse_config(data: Any, source: str = "<config>") -> DaemonConfig:
@@ -244,18 +242,21 @@ def load_config(path: str | Path) -> DaemonConfig:
     """Read a .yaml/.yml or .toml daemon configuration."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if path.suffix in (".yaml", ".yml"):
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
+            mark = getattr(e, "problem_mark", None)     # a reader error (a control character) has none
             at = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+            why = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{path}{at}: not valid YAML ({why})") from None
     elif path.suffix == ".toml":
         try:
             data = tomllib.loads(text)

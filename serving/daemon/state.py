@@ -69,10 +69,7 @@ class StateStore:
         return db
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        try:
-            (v,) = db.execute("PRAGMA user_version").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise StateError(f"{self.path}: not a usable SQLite file ({e})") from None
+        (v,) = db.execute("PRAGMA user_version").fetchone()   # (_connect has read the header: a SQLite file)
         if v > SCHEMA_VERSION:
             raise StateError(f"{self.path}: state schema version {v} is newer than this daemon's "
                              f"({SCHEMA_VERSION}); upgrade the daemon or move the file away")
@@ -89,7 +86,7 @@ class StateStore:
             meta = dict(db.execute("SELECT key, value FROM meta"))
             if "policy" not in meta:
                 return None
-            snap = Snapshot(meta["policy"], saved_at=float(meta.get("saved_at", 0)))
+            snap = Snapshot(meta["policy"], saved_at=float(meta["saved_at"]))   # save() writes both at once
             for kind, client, value in db.execute("SELECT kind, client, value FROM counters"):
                 snap.counters.setdefault(kind, {})[client] = value
             for client, n, p, c in db.execute("SELECT client, requests, prompt_tokens, completion_tokens FROM usage"):

@@ -9,7 +9,6 @@ import time
 
 from serving.daemon.job import Failed, Job
 from serving.policies import make_policy
-from serving.predictors import MoPE
 from serving.request import Request
 from serving.scheduler import Scheduler
 
@@ -36,7 +35,7 @@ class SchedulerHost:
         pol = make_policy(self.policy_name)
         if self.behaviour is not None:
             pol.behaviour = self.behaviour
-        return Scheduler(pol, self.profile, MoPE())
+        return Scheduler(pol, self.profile)   # its own MoPE predictor
 
     def now(self) -> float:
         raise NotImplementedError
