@@ -133,9 +133,6 @@ class Combined(TelemetrySource):
                     self.origin[name] = smp.source
                     break
         ref = got[0]
-        for k in ("mem_used_bytes", "mem_total_bytes", "running", "waiting"):
-            if merged.get(k) is not None:
-                merged[k] = int(merged[k])
         return Sample("combined", ref.t, ref.interval_s, (DeviceSample("all", **merged),))
 
     def close(self) -> None:

@@ -92,7 +92,7 @@ class NvmlSource(TelemetrySource):
         return rows
 
     def close(self) -> None:
-        if getattr(self, "_open", False):
+        if self._open:
             self._open = False
             try:
                 self.nvml.nvmlShutdown()
