@@ -307,6 +307,22 @@ def test_upstream_failover_from_dead_and_draining_replicas(tmp_path, replicas):
         assert f'equinox_upstream_up{{upstream="{dead}"}} 0.0' in m and f'equinox_upstream_up{{upstream="{live.url}"}} 1.0' in m
 
 
+def test_every_replica_failing_gives_503_naming_them(tmp_path, replicas):
+    a, b = replicas(), replicas()
+    for r in (a, b):
+        r.daemon.draining = True
+    d = front(tmp_path, [a.url, b.url], retry_after=6)
+    with TestClient(d.app()) as c:
+        r = c.post("/v1/completions", json=body(), headers=AUTH)
+        assert r.status_code == 503 and r.headers["retry-after"] == "6"
+        assert r.json()["error"] == {"message": f"no upstream replica could serve the request (tried {a.url}, "
+                                                f"{b.url})", "type": "server_error", "param": None, "code": None}
+        assert d.backend.scheduler.running == {} and not d.backend._runs and d.backend.host.jobs == {}
+        st = c.get("/admin/counters", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+        assert st["usage"]["alice"]["requests"] == 0 and st["counters"]["vtc"]["alice"] > 0   # prompt charged at admission
+        assert 0 < max(d.backend.host.overhead) < 0.5                    # CPU seconds of each decision
+
+
 def test_upstream_4xx_is_passed_on_and_the_replica_stays_up(tmp_path, replicas):
     small = replicas(max_model_len=64)
     d = front(tmp_path, [small.url])
@@ -380,11 +396,18 @@ def test_upstream_cancel_and_fail_all(tmp_path, replicas):
             assert j1 not in b._runs and j1.req.rid not in b.host.jobs and not j1.done
             charged = b.scheduler.policy.counters()["vtc"]["alice"]
             assert 3 + 2 * 3 <= charged < 3 + 2 * 200        # its prompt and what it produced, not 2000 tokens
-            assert b.fail_all(503, "shutting down", retry_after=2) == 1
+            j4 = Job("bob", 1.0, Kind.COMPLETION, body(max_tokens=5), 3, 5, ignore_eos=True)
+            j5 = Job("alice", 1.0, Kind.COMPLETION, body(max_tokens=2000), 3, 2000, ignore_eos=True)
+            b.submit(j5)
+            while j5.emitted < 1:
+                await asyncio.sleep(0.01)
+            b.submit(j4)                  # queued: the dispatch loop has not run since
+            assert b.fail_all(503, "shutting down", retry_after=2) == 3
             await asyncio.sleep(0.05)
-            while not j2.events.empty():
-                last = j2.events.get_nowait()
-            assert last == Failed(503, "shutting down", retry_after=2)
+            for j in (j2, j4, j5):
+                while not j.events.empty():
+                    last = j.events.get_nowait()
+                assert last == Failed(503, "shutting down", retry_after=2)
             assert b.scheduler.running == {} and not b._runs and b.host.jobs == {}
             b.submit(j3)          # a queued job (not yet admitted) is cancelled through the scheduler host
             b.cancel(j3, "disconnect")
@@ -410,24 +433,24 @@ def test_pick_prefers_free_slots_then_the_least_loaded(tmp_path):
     b.cfg.max_concurrent = 8
     a.in_flight.update({1, 2})          # 2/4 busy
     b.in_flight.update({3, 4, 5})       # 3/8 busy: the least loaded
-    assert d.backend._pick(set()) is c3
+    assert d.backend._pick([]) is c3
     c3.healthy = False
-    assert d.backend._pick(set()) is b
-    assert d.backend._pick({b}) is a
+    assert d.backend._pick([]) is b
+    assert d.backend._pick([b]) is a
     a.in_flight.update({6, 7})          # a is full: b still has room
-    assert a.free == 0 and b.free == 5 and d.backend._pick(set()) is b
+    assert a.free == 0 and b.free == 5 and d.backend._pick([]) is b
     b.in_flight.update(range(10, 15))   # all full: the least loaded healthy one all the same
-    assert d.backend._pick(set()) is a                 # 4/4 and 8/8: a tie, the first in the config
+    assert d.backend._pick([]) is a                 # 4/4 and 8/8: a tie, the first in the config
     a.in_flight.add(99)
-    assert d.backend._pick(set()) is b                 # 5/4 against 8/8
-    assert d.backend._pick({a, b}) is None and c3.free == 0
+    assert d.backend._pick([]) is b                 # 5/4 against 8/8
+    assert d.backend._pick([a, b]) is None and c3.free == 0
 
 
 def test_measured_busy_time_is_charged_by_tokens_produced(tmp_path):
-    d = front(tmp_path, ["http://127.0.0.1:1", "http://127.0.0.1:2"], telemetry=["vllm"])
+    d = front(tmp_path, ["http://127.0.0.1:1", "http://127.0.0.1:2"], telemetry=["vllm"], gpus=[0, 1])
     b = d.backend
     clock = [50.0]
-    rep, idle = b.replicas
+    idle, rep = b.replicas                       # the idle one first: it must not stop the others' charge
     for r in b.replicas:
         r.fallback.clock = lambda: clock[0]
         r.fallback._last = clock[0]
@@ -439,21 +462,27 @@ def test_measured_busy_time_is_charged_by_tokens_produced(tmp_path):
     rep.in_flight.update(jobs[:2])              # the third runs nowhere measured (not on a replica)
     jobs[0].emitted, jobs[1].emitted = 3, 1
     clock[0] += 2.0
-
-    async def charge(interval):
-        await b.charge_measured(interval)
-
-    asyncio.run(charge(2.0))
-    # the model says the replica was busy the whole interval (1 GPU): 2 GPU-seconds, split 3:1 by tokens
-    assert jobs[0].req.gpu_s == pytest.approx(1.5) and jobs[1].req.gpu_s == pytest.approx(0.5 / 2.0)
-    assert jobs[2].req.gpu_s == 0.0
-    assert rep.last_sample["gpu_util"] == pytest.approx(1.0) and rep.last_sample["sources"]["gpu_util"] == "sim"
+    asyncio.run(b.charge_measured(2.0))
+    # the model says the replica's 2 GPUs were busy the whole interval: 4 GPU-seconds, split 3:1 by tokens
+    assert jobs[0].req.gpu_s == pytest.approx(3.0) and jobs[1].req.gpu_s == pytest.approx(1.0 / 2.0)   # weight 2
+    assert jobs[2].req.gpu_s == 0.0 and [j.req.generated for j in jobs] == [0, 0, 0]
+    assert rep.last_sample == {"device": rep.url, "gpu_util": 1.0, "pcie_util": None, "kv_usage": None,
+                               "mem_used_bytes": None, "pcie_tx_bps": None, "pcie_rx_bps": None,
+                               "sources": {"gpu_util": "sim"}}
     assert idle.last_sample["gpu_util"] == 0.0
     clock[0] += 2.0                              # nothing produced since: the busy time is split evenly
-    asyncio.run(charge(2.0))
-    assert jobs[0].req.gpu_s == pytest.approx(2.5) and jobs[1].req.gpu_s == pytest.approx(0.25 + 0.5)
-    jobs[0].emitted = 5
+    asyncio.run(b.charge_measured(2.0))
+    assert jobs[0].req.gpu_s == pytest.approx(5.0) and jobs[1].req.gpu_s == pytest.approx(0.5 + 1.0)
+    clock[0] += 4.0                              # busy 2 s of a 4 s read: half utilised, 0.5 x 2 s x 2 GPUs
+    jobs[0].emitted = 4
+    asyncio.run(b.charge_measured(2.0))
+    assert jobs[0].req.gpu_s == pytest.approx(7.0) and jobs[1].req.gpu_s == pytest.approx(1.5)
+    clock[0] += 0.25                             # a short interval: 0.25 x 2 GPUs = 0.5 GPU-s, all to job 1
+    jobs[1].emitted = 2
+    asyncio.run(b.charge_measured(0.25))
+    assert jobs[0].req.gpu_s == pytest.approx(7.0) and jobs[1].req.gpu_s == pytest.approx(1.5 + 0.25)
     jobs[1].done = True
     clock[0] += 2.0
-    asyncio.run(charge(2.0))
-    assert jobs[1] not in b._marks and b._marks[jobs[0]] == 5
+    asyncio.run(b.charge_measured(2.0))
+    assert jobs[1] not in b._marks and b._marks[jobs[0]] == 4
+    assert [j.req.generated for j in jobs] == [0, 0, 0]   # measured time, never tokens

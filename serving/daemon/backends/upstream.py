@@ -93,7 +93,6 @@ class UpstreamBackend(Backend):
         self._tasks: list[asyncio.Task] = []
         self._runs: dict[Job, asyncio.Task] = {}
         self._marks: dict[Job, int] = {}      # tokens each running job had produced at the last telemetry charge
-        self._stopping = False
         self._t0 = time.monotonic()
 
     @property
@@ -107,7 +106,7 @@ class UpstreamBackend(Backend):
                        asyncio.create_task(self._telemetry_loop(), name="upstream-telemetry")]
 
     async def stop(self) -> None:
-        self._stopping = True
+        """Cancel the loops (they run until cancelled) and the requests still running, close the clients."""
         for t in self._tasks + list(self._runs.values()):
             t.cancel()
         await asyncio.gather(*self._tasks, *self._runs.values(), return_exceptions=True)
@@ -148,7 +147,7 @@ class UpstreamBackend(Backend):
     # dispatch ------------------------------------------------------------------------------------
     async def _loop(self) -> None:
         host = self.host
-        while not self._stopping:
+        while True:
             try:
                 host.wake.clear()
                 host.apply_pending(self.metrics)
@@ -171,7 +170,7 @@ class UpstreamBackend(Backend):
                 host.rebuild_after_fault()
                 host.scheduler.policy.behaviour = self.behaviour
 
-    def _pick(self, tried: set) -> Replica | None:
+    def _pick(self, tried: list) -> Replica | None:
         cands = [r for r in self.replicas if r.healthy and r not in tried and r.free > 0]
         if not cands:
             cands = [r for r in self.replicas if r.healthy and r not in tried]
@@ -179,7 +178,7 @@ class UpstreamBackend(Backend):
 
     async def _run(self, job: Job) -> None:
         host, req = self.host, job.req
-        tried: set[Replica] = set()
+        tried: list[Replica] = []      # in the order tried (the 503 names them)
         outcome: End | Failed | None = None
         try:
             while outcome is None:
@@ -189,7 +188,7 @@ class UpstreamBackend(Backend):
                                      + (f" (tried {', '.join(r.url for r in tried)})" if tried else ""),
                                      retry_after=self.bcfg.retry_after_s)
                     break
-                tried.add(rep)
+                tried.append(rep)
                 rep.in_flight.add(job)
                 try:
                     outcome = await self._attempt(rep, job)
@@ -282,13 +281,13 @@ class UpstreamBackend(Backend):
         await asyncio.gather(*(one(r) for r in self.replicas))
 
     async def _health_loop(self) -> None:
-        while not self._stopping:
+        while True:
             await asyncio.sleep(self.bcfg.health_interval_s)
             await self._check_health()
 
     async def _telemetry_loop(self) -> None:
         interval = self.cfg.telemetry.interval_s
-        while not self._stopping:
+        while True:
             await asyncio.sleep(interval)
             await self.charge_measured(interval)
 
@@ -296,19 +295,16 @@ class UpstreamBackend(Backend):
         """One telemetry interval: what each replica's GPUs (and links) were busy is charged to the requests running
         on it, in proportion to the tokens they produced in the interval (evenly when none produced any)."""
         for rep in self.replicas:
-            rep.fallback.record(interval if rep.in_flight else 0.0, 0.0, running=len(rep.in_flight))
-            try:
-                smp = await asyncio.to_thread(rep.telemetry.read)
-            except TelemetryError as e:
-                log.warning("replica %s: no telemetry: %s", rep.url, e)
-                continue
+            rep.fallback.record(interval if rep.in_flight else 0.0, 0.0)
+            # never fails: the model (rep.fallback) is the last of its sources and always measures
+            smp = await asyncio.to_thread(rep.telemetry.read)
             d = smp.devices[0]
             rep.last_sample = {"device": rep.url, "gpu_util": d.gpu_util, "pcie_util": d.pcie_util,
                                "kv_usage": d.kv_usage, "mem_used_bytes": d.mem_used_bytes,
                                "pcie_tx_bps": d.pcie_tx_bps, "pcie_rx_bps": d.pcie_rx_bps,
                                "sources": dict(rep.telemetry.origin)}
             busy = max(d.gpu_util or 0.0, d.pcie_util or 0.0) * interval * rep.n_gpus
-            jobs = [j for j in rep.in_flight if j.req is not None and j.req.rid in self.host.jobs]
+            jobs = list(rep.in_flight)   # each is running: _run leaves in_flight before it releases the request
             if not jobs or busy <= 0:
                 continue
             made = {j: j.emitted - self._marks.get(j, 0) for j in jobs}
