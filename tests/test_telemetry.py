@@ -354,8 +354,8 @@ def test_combined_takes_each_field_from_the_first_source_that_measured_it():
     assert str(e.value) == "combined telemetry needs at least one source"
     a = Fixed("a", DeviceSample("g0", gpu_util=0.2, mem_used_bytes=100, running=2),
               DeviceSample("g1", gpu_util=0.4, mem_used_bytes=300, running=3), t=7.0, interval=0.25)
-    b = Fixed("b", DeviceSample("s", gpu_util=0.9, kv_usage=0.3, pcie_util=0.6, waiting=4, mem_total_bytes=9,
-                                pcie_tx_bps=1.5), t=8.0, interval=1.0)
+    b = Fixed("b", DeviceSample("s", gpu_util=0.9, kv_usage=0.1, pcie_util=0.4, waiting=4, mem_total_bytes=9,
+                                pcie_tx_bps=1.5), DeviceSample("s2", kv_usage=0.5, pcie_util=0.8), t=8.0, interval=1.0)
     broken = Fixed("z", error="z: down")
     c = Combined([broken, a, b])
     assert (c.errors, c.last, c.origin) == ({}, {}, {})
@@ -365,7 +365,8 @@ def test_combined_takes_each_field_from_the_first_source_that_measured_it():
     assert d.device == "all"
     assert d.gpu_util == pytest.approx(0.3)           # the mean over a's two GPUs: fractions are averaged
     assert d.mem_used_bytes == 400 and d.running == 5  # amounts are summed
-    assert (d.kv_usage, d.pcie_util, d.waiting, d.mem_total_bytes, d.pcie_tx_bps) == (0.3, 0.6, 4, 9, 1.5)
+    assert (d.waiting, d.mem_total_bytes, d.pcie_tx_bps) == (4, 9, 1.5)
+    assert d.kv_usage == pytest.approx(0.3) and d.pcie_util == pytest.approx(0.6)   # means of b's two devices
     assert d.pcie_rx_bps is None
     assert c.origin == {"gpu_util": "a", "mem_used_bytes": "a", "running": "a", "kv_usage": "b", "pcie_util": "b",
                         "waiting": "b", "mem_total_bytes": "b", "pcie_tx_bps": "b"}
@@ -512,6 +513,20 @@ def test_vllm_sums_label_sets_and_turns_counters_into_rates(standin):
     clock.t += 2.0
     d = src.read().devices[0]
     assert d.prompt_tokens_per_s == 15.0 and d.generation_tokens_per_s == 3.0
+    clock.t += 0.5                                    # unchanged counters over half a second: rate 0
+    d = src.read().devices[0]
+    assert d.prompt_tokens_per_s == 0.0 and d.generation_tokens_per_s == 0.0
+    d = src.read().devices[0]                         # no time has passed: no rate
+    assert d.prompt_tokens_per_s is None and d.generation_tokens_per_s is None
+    standin.body = b"# TYPE vllm:generation_tokens counter\nvllm:generation_tokens_total 16\n"
+    clock.t += 1.0                                    # the prompt counter is missing: no rates, nothing kept
+    d = src.read().devices[0]
+    assert d.prompt_tokens_per_s is None and d.generation_tokens_per_s is None and src._prev == (106.5, 30.0, 6.0)
+    standin.body = (b"# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total 40\n"
+                    b"# TYPE vllm:generation_tokens counter\nvllm:generation_tokens_total 16\n")
+    clock.t += 1.0
+    d = src.read().devices[0]
+    assert d.prompt_tokens_per_s == 5.0 and d.generation_tokens_per_s == 5.0      # over the 2 s since 106.5
     standin.body = b"vllm:x{ 1\n"
     with pytest.raises(TelemetryError) as e:
         src.read()
@@ -746,6 +761,9 @@ def test_nic_counter_errors():
         src.record({k: v for k, v in COUNTERS.items() if k not in ("irqs", "tx_pkts")}, 0.0)
     assert str(e.value) == "nic: statistics lack tx_pkts, irqs"
     src.record(COUNTERS, 1.0)
+    with pytest.raises(TelemetryError) as e:
+        src.record(COUNTERS, 0.5)
+    assert str(e.value) == "nic: poll at t=0.5 s is not after the previous one at 1.0 s"
     src.record(COUNTERS, 2.0)
     with pytest.raises(TelemetryError) as e:
         src.record(COUNTERS, 2.0)
@@ -776,7 +794,9 @@ def test_nic_trace_replay_by_hand(tmp_path):
     s = src.read()
     assert s.interval_s == pytest.approx(0.5) and s.devices[0].pcie_tx_bps == pytest.approx(0.2 * cap)
     clock.t = 1.5                           # 0.5 us of each bin: the mean of both
-    d = src.read().devices[0]
+    s = src.read()
+    d = s.devices[0]
+    assert s.interval_s == pytest.approx(1.0)
     assert d.pcie_tx_bps == pytest.approx(0.4 * cap) and d.pcie_util == pytest.approx(0.4)
     clock.t = 2.25                          # 1.5 .. 2.25 us: the second bin, then the first again (it loops)
     assert src.read().devices[0].pcie_tx_bps == pytest.approx((0.5 * 0.6 + 0.25 * 0.2) / 0.75 * cap)
@@ -794,8 +814,10 @@ def test_nic_trace_speed_and_shape(tmp_path):
     s = src.read()
     assert s.interval_s == pytest.approx(1.0) and s.devices[0].pcie_rx_bps == 0.0
     assert s.devices[0].pcie_util == 1.0    # 150 % of the link: clipped
-    zero = NicTraceSource(report(tmp_path, [0, 0], [0, 0], util=(0.0, 0.0), name="z.json"), clock=clock)
-    assert zero.up == [0.0, 0.0] and zero.read().devices[0].pcie_util == 0.0
+    zero = NicTraceSource(report(tmp_path, [0, 0], [0, 0], util=(0.1, 0.0), name="z.json"), clock=clock)
+    cap = 0.985e9 * 8
+    assert zero.up == [0.0, 0.0] and zero.down == [0.1 * cap] * 2   # no payload, a busy link: evenly busy
+    assert zero.read().devices[0].pcie_util == pytest.approx(0.1) and zero.speed == 1e-6   # the default speed
     for speed in (0, -1e-6, float("inf"), float("nan"), "fast"):
         with pytest.raises(TelemetryError) as e:
             NicTraceSource(report(tmp_path, [1], [1]), speed=speed)

@@ -53,7 +53,25 @@ def link_bytes(c: dict[str, int]) -> tuple[float, float]:
     return float(down), float(up)
 
 
+STAT_KEYS = ("tx_pkts", "rx_pkts", "tx_bytes", "rx_bytes", "tlp_mem_rd", "tlp_mem_wr", "tlp_cpl_tx", "tlp_req_rx",
+             "tlp_cpl_rx", "irqs")
+
+
 class NicStatsSource(TelemetrySource):
+    """Live PCIe link utilisation of a running co-simulation. The interface (kept stable for tb/ tests):
+
+    * ``NicStatsSource(link_gen=3, link_width=8)``: the link the utilisation is a fraction of;
+    * ``await src.poll(stats, t_s)``: ``stats`` is any coroutine function returning the NIC's statistics
+      counters as a dict with at least the ``STAT_KEYS`` (32-bit values; extra keys are kept and ignored),
+      which is what ``host.driver.NicDriver.stats`` returns (REG_STAT_* names, lower case, without the prefix);
+      ``t_s`` is the simulated time of the read in seconds (e.g. ``cocotb.utils.get_sim_time("ns") * 1e-9``),
+      strictly increasing from poll to poll;
+    * ``src.record(counters, t_s)``: the same without the await, for counters already read;
+    * ``src.read() -> Sample``: one device "nic" with ``pcie_rx_bps`` (downstream, to the device),
+      ``pcie_tx_bps`` (upstream) and ``pcie_util`` (the busier direction over the link capacity) between the
+      last two polls; TelemetryError before the second poll.
+    """
+
     name = "nic"
 
     def __init__(self, link_gen: int = 3, link_width: int = 8):
@@ -66,8 +84,7 @@ class NicStatsSource(TelemetrySource):
         self.record(await stats(), t_s)
 
     def record(self, raw: dict[str, int], t_s: float) -> None:
-        missing = [k for k in ("tx_pkts", "rx_pkts", "tx_bytes", "rx_bytes", "tlp_mem_rd", "tlp_mem_wr",
-                               "tlp_cpl_tx", "tlp_req_rx", "tlp_cpl_rx", "irqs") if k not in raw]
+        missing = [k for k in STAT_KEYS if k not in raw]
         if missing:
             raise TelemetryError(f"nic: statistics lack {', '.join(missing)}")
         if self._hist and t_s <= self._hist[-1][0]:
@@ -132,7 +149,9 @@ class NicTraceSource(TelemetrySource):
 
     def _scaled(self, payload: list[float], util: float) -> list[float]:
         mean = sum(payload) / len(payload)
-        return [util * self.capacity * (b / mean if mean else 0.0) for b in payload]   # bytes/s per bin
+        if not mean:   # no payload at all (reads, doorbells): the link was busy all the same, evenly as far as we know
+            return [util * self.capacity] * len(payload)
+        return [util * self.capacity * b / mean for b in payload]   # bytes/s per bin
 
     def _window(self, a: float, b: float, series: list[float]) -> float:
         """Mean of the looping series over trace time [a, b)."""
