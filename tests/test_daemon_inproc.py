@@ -251,10 +251,10 @@ def replicas(tmp_path):
         r.stop()
 
 
-def front(tmp_path, urls, retry_after=7, **up):
+def front(tmp_path, urls, retry_after=7, default_max_tokens=256, **up):
     upstreams = [{"url": u, "api_key": KEYS["alice"], "max_concurrent": 4, **up} for u in urls]
     # short timeouts: a request that hangs fails the test in seconds (mutation testing runs broken variants)
-    return Daemon(cfg(tmp_path, shutdown_grace_s=0.5, backend={
+    return Daemon(cfg(tmp_path, shutdown_grace_s=0.5, default_max_tokens=default_max_tokens, backend={
         "kind": "upstream", "health_interval_s": 0.1, "retry_after_s": retry_after, "connect_timeout_s": 1,
         "request_timeout_s": 5, "upstreams": upstreams}))
 
@@ -265,7 +265,7 @@ def failures(d, url):
 
 def test_upstream_serves_with_the_replicas_model_key_and_usage(tmp_path, replicas):
     rep = replicas(model="replica-model")
-    d = front(tmp_path, [rep.url], model="replica-model")
+    d = front(tmp_path, [rep.url], model="replica-model", default_max_tokens=6)
     with TestClient(d.app()) as c:
         o = openai.OpenAI(base_url="http://testserver/v1", api_key=KEYS["bob"], http_client=c, max_retries=0)
         r = o.completions.create(model=MODEL, prompt="via upstream", max_tokens=5, extra_body={"ignore_eos": True})
@@ -277,17 +277,22 @@ def test_upstream_serves_with_the_replicas_model_key_and_usage(tmp_path, replica
         assert ch[-1].usage.completion_tokens == 3 and ch[-2].choices[0].finish_reason == "length"
         assert "".join(x.choices[0].delta.content or "" for x in ch if x.choices).count(" ") == 2
         st = c.get("/admin/counters", headers={"Authorization": f"Bearer {ADMIN}"}).json()
-        assert st["upstreams"] == [{"url": rep.url, "healthy": True, "in_flight": 0, "max_concurrent": 4,
-                                    "telemetry": None}]
+        u0 = st["upstreams"][0]
+        assert (u0["url"], u0["healthy"], u0["in_flight"], u0["max_concurrent"]) == (rep.url, True, 0, 4)
+        assert st["counters"]["rfc"]["bob"] < 1.0     # tokens carry no GPU time: only measured intervals do
         # bob was charged by the front's scheduler: prompt at admission plus each token as it came (VTC: 1 and 2)
         from serving.daemon.tokenizer import default_tokenizer
         p_chat = default_tokenizer().count_chat([{"role": "user", "content": "s"}])
         assert p_chat == 9     # [INST] s [/INST] and BOS
         assert st["counters"]["vtc"]["bob"] == pytest.approx(4 + 2 * 5 + p_chat + 2 * 3)
         assert st["usage"]["bob"] == {"requests": 2, "prompt_tokens": 4 + p_chat, "completion_tokens": 8}
+        # no max_tokens: the daemon's default goes to the replica (whose own default is 256)
+        r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
+                                                 "ignore_eos": True}, headers=AUTH)
+        assert r.json()["usage"]["completion_tokens"] == 6
     # the replica saw alice's key (the configured api_key), never bob's
     u = rep.daemon.usage
-    assert u["alice"].requests == 2 and "bob" not in u
+    assert u["alice"].requests == 3 and "bob" not in u
 
 
 def test_upstream_failover_from_dead_and_draining_replicas(tmp_path, replicas):
