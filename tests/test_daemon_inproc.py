@@ -432,7 +432,62 @@ def test_upstream_cancel_and_fail_all(tmp_path, replicas):
                                        (("client", "alice"), ("reason", "disconnect")))] >= 2
 
 
-def test_pick_prefers_free_slots_then_the_least_loaded(tmp_path):
+def test_upstream_stop_sequence_usage_is_the_replicas(tmp_path, replicas):
+    """With a stop sequence the replica counts the token that held it, which it never sent: the front charges
+    and reports the replica's count, not the pieces it saw."""
+    rep = replicas()
+    direct = httpx.post(rep.url + "/v1/completions", json=body(max_tokens=40), headers=AUTH, timeout=10).json()
+    words = direct["choices"][0]["text"].split(" ")
+    stop = " " + words[6]
+    ask = body(max_tokens=40, stop=[stop])
+    want = httpx.post(rep.url + "/v1/completions", json=ask, headers=AUTH, timeout=10).json()
+    assert want["choices"][0]["finish_reason"] == "stop"
+    n_text = len(want["choices"][0]["text"].split(" "))
+    assert want["usage"]["completion_tokens"] == n_text + 1            # the cut token is counted
+    d = front(tmp_path, [rep.url])
+    with TestClient(d.app()) as c:
+        r = c.post("/v1/completions", json=ask, headers={"Authorization": f"Bearer {KEYS['bob']}"}).json()
+        assert r["choices"][0]["text"] == want["choices"][0]["text"] and r["usage"] == want["usage"] | {
+            "token_counts": "upstream"}
+        vtc = c.get("/admin/counters", headers={"Authorization": f"Bearer {ADMIN}"}).json()["counters"]["vtc"]
+        assert vtc["bob"] == pytest.approx(want["usage"]["prompt_tokens"] + 2 * want["usage"]["completion_tokens"])
+
+
+def test_upstream_admits_no_more_than_the_replicas_slots(tmp_path, replicas):
+    rep = replicas(backend={"time_scale": 0.05})
+    d = front(tmp_path, [rep.url], max_concurrent=2)
+    with TestClient(d.app()) as c:
+        async def run():
+            b = d.backend
+            jobs = [Job(w, 1.0, Kind.COMPLETION, body(max_tokens=3000), 3, 3000, ignore_eos=True)
+                    for w in ("alice", "bob", "alice", "bob")]
+            for j in jobs:
+                b.submit(j)
+            await asyncio.sleep(0.3)
+            running, waiting = len(b.scheduler.running), b.scheduler.policy.waiting
+            held = len(b.replicas[0].in_flight)
+            b.fail_all(503, "done")
+            await asyncio.sleep(0.05)
+            return running, waiting, held
+
+        assert c.portal.call(run) == (2, 2, 2)
+
+
+def test_replica_setup(tmp_path):
+    d = front(tmp_path, ["http://127.0.0.1:1/"], telemetry=["vllm"], gpus=[2, 5, 7], api_key="k")
+    rep = d.backend.replicas[0]
+    assert rep.url == "http://127.0.0.1:1" and rep.n_gpus == 3 and rep.model == MODEL
+    assert [type(s).__name__ for s in rep.telemetry.sources] == ["VllmMetricsSource", "SimSource"]
+    assert rep.telemetry.sources[0].url == "http://127.0.0.1:1/metrics" and rep.fallback.device == \
+        "model:http://127.0.0.1:1"
+    assert rep.client.headers["authorization"] == "Bearer k"
+    none = front(tmp_path, ["http://127.0.0.1:1"], api_key=None).backend.replicas[0]
+    assert "authorization" not in none.client.headers and none.n_gpus == 1
+    assert [type(s).__name__ for s in none.telemetry.sources] == ["SimSource"]
+    assert d.backend.scheduler.kv_capacity == 1_000_000 and d.backend.behaviour.chunked_prefill
+
+
+def test_pick_takes_the_least_loaded_healthy_replica_not_tried(tmp_path):
     d = front(tmp_path, ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"])
     a, b, c3 = d.backend.replicas
     b.cfg.max_concurrent = 8
@@ -443,12 +498,12 @@ def test_pick_prefers_free_slots_then_the_least_loaded(tmp_path):
     assert d.backend._pick([]) is b
     assert d.backend._pick([b]) is a
     a.in_flight.update({6, 7})          # a is full: b still has room
-    assert a.free == 0 and b.free == 5 and d.backend._pick([]) is b
+    assert d.backend._pick([]) is b               # 4/4 against 3/8
     b.in_flight.update(range(10, 15))   # all full: the least loaded healthy one all the same
     assert d.backend._pick([]) is a                 # 4/4 and 8/8: a tie, the first in the config
     a.in_flight.add(99)
     assert d.backend._pick([]) is b                 # 5/4 against 8/8
-    assert d.backend._pick([a, b]) is None and c3.free == 0
+    assert d.backend._pick([a, b]) is None        # c3 is down
 
 
 def test_measured_busy_time_is_charged_by_tokens_produced(tmp_path):

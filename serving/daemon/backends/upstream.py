@@ -72,10 +72,6 @@ class Replica:
         self.n_gpus = max(len(cfg.gpus), 1)
         self.last_sample: dict | None = None
 
-    @property
-    def free(self) -> int:
-        return self.cfg.max_concurrent - len(self.in_flight) if self.healthy else 0
-
 
 class UpstreamBackend(Backend):
     usage_source = "upstream"
@@ -93,7 +89,6 @@ class UpstreamBackend(Backend):
         self._tasks: list[asyncio.Task] = []
         self._runs: dict[Job, asyncio.Task] = {}
         self._marks: dict[Job, int] = {}      # tokens each running job had produced at the last telemetry charge
-        self._t0 = time.monotonic()
 
     @property
     def scheduler(self):
@@ -171,9 +166,9 @@ class UpstreamBackend(Backend):
                 host.scheduler.policy.behaviour = self.behaviour
 
     def _pick(self, tried: list) -> Replica | None:
-        cands = [r for r in self.replicas if r.healthy and r not in tried and r.free > 0]
-        if not cands:
-            cands = [r for r in self.replicas if r.healthy and r not in tried]
+        """The least loaded healthy replica not tried yet (a full one only when all are: the scheduler admits no
+        more than the healthy replicas' slots, but a replica can go down while its requests run elsewhere)."""
+        cands = [r for r in self.replicas if r.healthy and r not in tried]
         return min(cands, key=lambda r: len(r.in_flight) / r.cfg.max_concurrent, default=None)
 
     async def _run(self, job: Job) -> None:
