@@ -286,6 +286,8 @@ def test_upstream_serves_with_the_replicas_model_key_and_usage(tmp_path, replica
         assert p_chat == 9     # [INST] s [/INST] and BOS
         assert st["counters"]["vtc"]["bob"] == pytest.approx(4 + 2 * 5 + p_chat + 2 * 3)
         assert st["usage"]["bob"] == {"requests": 2, "prompt_tokens": 4 + p_chat, "completion_tokens": 8}
+        fin = d.backend.scheduler.finished      # completed requests: released as completed, at a time
+        assert len(fin) == 2 and all(r.finished is not None and r.finished >= r.arrival for r in fin)
         # no max_tokens: the daemon's default goes to the replica (whose own default is 256)
         r = c.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x"}],
                                                  "ignore_eos": True}, headers=AUTH)
@@ -381,6 +383,7 @@ def test_upstream_failure_after_output_ends_the_stream_with_an_error(tmp_path, r
         assert events[-1]["error"]["message"].startswith(f"upstream {rep.url} failed mid-response: error event")
         assert d.backend.replicas[0].healthy            # a fault after output is not failed over: no replay
         assert d.backend.scheduler.running == {} and not d.backend._runs
+        assert scrape(d.metrics)[("equinox_responses_total", (("client", "alice"), ("status", "502-in-stream")))] == 1
 
 
 def test_upstream_cancel_and_fail_all(tmp_path, replicas):
@@ -396,11 +399,13 @@ def test_upstream_cancel_and_fail_all(tmp_path, replicas):
                 b.submit(j)
             while j1.emitted < 3 or j2.emitted < 1:
                 await asyncio.sleep(0.01)
+            await asyncio.sleep(0.45)                 # two telemetry intervals (0.2 s): measured time is charged
+            assert j2.req.gpu_s > 0 and j1.req.gpu_s > 0
             b.cancel(j1, "disconnect")
             await asyncio.sleep(0.05)
             assert j1 not in b._runs and j1.req.rid not in b.host.jobs and not j1.done
             charged = b.scheduler.policy.counters()["vtc"]["alice"]
-            assert 3 + 2 * 3 <= charged < 3 + 2 * 200        # its prompt and what it produced, not 2000 tokens
+            assert 3 + 2 * 3 <= charged < 3 + 2 * 1000       # its prompt and what it produced, not 2000 tokens
             j4 = Job("bob", 1.0, Kind.COMPLETION, body(max_tokens=5), 3, 5, ignore_eos=True)
             j5 = Job("alice", 1.0, Kind.COMPLETION, body(max_tokens=2000), 3, 2000, ignore_eos=True)
             b.submit(j5)
@@ -451,6 +456,23 @@ def test_upstream_stop_sequence_usage_is_the_replicas(tmp_path, replicas):
             "token_counts": "upstream"}
         vtc = c.get("/admin/counters", headers={"Authorization": f"Bearer {ADMIN}"}).json()["counters"]["vtc"]
         assert vtc["bob"] == pytest.approx(want["usage"]["prompt_tokens"] + 2 * want["usage"]["completion_tokens"])
+
+
+def test_replicas_gone_between_admission_and_dispatch(tmp_path, replicas):
+    rep = replicas()
+    d = front(tmp_path, [rep.url])
+    with TestClient(d.app()) as c:
+        async def run():
+            b = d.backend
+            j = Job("alice", 1.0, Kind.COMPLETION, body(), 3, 4, ignore_eos=True)
+            b.submit(j)                       # accepted while the replica was healthy
+            b.replicas[0].healthy = False     # it went down before the dispatch loop ran
+            await asyncio.sleep(0.05)
+            ev = j.events.get_nowait()
+            return ev, b.behaviour.max_batch
+
+        ev, batch = c.portal.call(run)
+        assert ev == Failed(503, "no upstream replica could serve the request", retry_after=7) and batch == 1
 
 
 def test_upstream_admits_no_more_than_the_replicas_slots(tmp_path, replicas):
