@@ -82,18 +82,22 @@ def responses(port: int) -> dict[str, float]:
     return out
 
 
-def aiperf(binary: str, port: int, tok: Path, out: Path, *extra: str) -> dict:
+def aiperf(binary: str, port: int, tok: Path, out: Path, *extra: str, osl: int = 8) -> dict:
     """One aiperf profile run; its figures with the daemon's own count of the responses it sent meanwhile."""
     before = responses(port)
     cmd = [binary, "profile", "--model", "equinox-sim-7b", "--tokenizer", str(tok), "--url",
            f"http://127.0.0.1:{port}", "--endpoint-type", "completions", "--api-key", "sk-demo-alice",
-           "--isl", "16", "--isl-stddev", "0", "--osl", "8", "--osl-stddev", "0", "--extra-inputs", "ignore_eos:true",
+           "--isl", "16", "--isl-stddev", "0", "--osl", str(osl), "--osl-stddev", "0", "--extra-inputs", "ignore_eos:true",
            "--random-seed", "1", "--ui-type", "simple", "--no-gpu-telemetry", "--no-server-metrics",
            "--output-artifact-dir", str(out), *extra]
     print("$", " ".join(cmd))
     # HF_HUB_OFFLINE must stay unset: with it aiperf 0.13 looks a local directory up in the hub cache
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    logf = out.with_suffix(".log")
+    with open(logf, "w") as log:
+        rc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"aiperf failed ({rc}); its output: {logf}\n" + logf.read_text()[-2000:])
     after = responses(port)
     rep = json.loads((out / "profile_export_aiperf.json").read_text())
     sent = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
@@ -131,7 +135,7 @@ def main() -> int:
                                  "--request-count", str(args.requests))
             ext["streams"] = aiperf(args.aiperf, args.port, tok, tmp / "aiperf-streams", "--streaming",
                                     "--concurrency", str(args.streams), "--request-count", str(args.streams),
-                                    "--osl", "32")
+                                    osl=32)
     finally:
         proc.terminate()
         proc.wait(30)
