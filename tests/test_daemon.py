@@ -316,7 +316,7 @@ def test_upstream_failover_and_503(tmp_path):
 
 
 # fairness over HTTP --------------------------------------------------------------------------------------
-def _flood(tmp_path, policy, seconds=3.0):
+def _flood(tmp_path, policy, seconds=6.0):
     """Both clients stay backlogged (a batch holds 256): alice with 600 requests in flight at all times, bob with 200
     (closed loops of
     non-streaming requests); returns per-client (completion tokens, latencies) seen by the clients, and the
