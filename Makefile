@@ -13,7 +13,7 @@ RTL_SOURCES := $(addprefix rtl/,nic.v nic_cfg.v nic_mmio.v nic_dma_rd.v nic_dma_
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim replay test test-fast regress bench-sim bench-rules bench-realism bench-serving lint clean help
+.PHONY: setup sim replay test test-fast regress bench-sim bench-rules bench-realism bench-serving lint clean help serve check-gpu bench-daemon mutmut
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo|loaded|rcb_split|numa|ideal] [SIM=verilator|icarus] [WIDTH=64|128|256] [HOST=...] [WAVES=1]"
@@ -21,6 +21,9 @@ help:
 	@echo "make bench-sim     Verilator vs Icarus on one scenario;  make bench-rules   checker throughput"
 	@echo "make bench-serving the README's serving commands, shape-skew targets, speed at 1,000 clients, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
+	@echo "make serve         the OpenAI-compatible daemon on 127.0.0.1:8000 (examples/serve.yaml, sim backend)"
+	@echo "make bench-daemon  daemon throughput, scheduler overhead, 1,000 streams, exactly-once, aiperf;  make check-gpu  NVML"
+	@echo "make mutmut        mutation testing, module by module (kill rate per module); MUTATE=glob for one"
 
 setup: $(STAMP)
 
@@ -73,3 +76,30 @@ lint: $(STAMP)
 
 clean:
 	rm -rf build traces results.xml
+
+# serving daemon (issue 12) ------------------------------------------------------------------------------------
+SERVE_CONFIG ?= examples/serve.yaml
+serve: $(STAMP)
+	$(PY) -m serving serve --config $(SERVE_CONFIG) $(if $(HOST),--host $(HOST),) $(if $(PORT),--port $(PORT),)
+
+check-gpu: $(STAMP)
+	$(PY) sim_scripts/check_gpu.py
+
+# the external benchmark client (aiperf) lives in its own venv: it is large and no part of the runtime
+AIPERF_VENV := .venv-aiperf
+AIPERF := $(AIPERF_VENV)/bin/aiperf
+$(AIPERF): requirements-bench.txt
+	@test -x $(AIPERF_VENV)/bin/python || $(PYTHON) -m venv $(AIPERF_VENV)
+	set -o pipefail; $(AIPERF_VENV)/bin/python -m pip install -q -r requirements-bench.txt 2>&1 | { grep -v "is ignored" || true; }
+	@touch $(AIPERF)
+
+bench-daemon: $(STAMP) $(AIPERF)
+	$(PY) sim_scripts/bench_daemon.py --aiperf $(AIPERF)
+
+# mutation testing ([tool.mutmut] in pyproject.toml), one module at a time:
+# make mutmut MUTATE='serving.daemon.auth*'   (a mutant-name glob; default: all of them, module by module)
+MUTATE ?= serving.policies* serving.scheduler* serving.metrics* serving.engine.behaviour* serving.workloads* serving.daemon.auth* serving.daemon.config* serving.daemon.api* serving.daemon.state* serving.daemon.tokenizer* serving.daemon.metrics* serving.daemon.backends.common* serving.daemon.backends.upstream* host.telemetry*
+mutmut: $(STAMP)
+	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v "is ignored" || true; }
+	@for m in $(MUTATE); do echo "== mutmut $$m"; $(VENV)/bin/mutmut run --max-children 2 "$$m" >/dev/null || exit 1; done
+	$(PY) sim_scripts/mutmut_report.py

@@ -1,4 +1,4 @@
-"""python -m serving bench: the Equinox command line.
+"""python -m serving bench|serve|load|hash-key: the Equinox command line.
 
 Every option is checked before anything runs; a bad value ends with a one-line `error: --option: ...`."""
 
@@ -10,6 +10,7 @@ import math
 import sys
 from pathlib import Path
 
+from serving.daemon.cli import COMMANDS as DAEMON_COMMANDS, add_commands, run_command
 from serving.bench import ABLATIONS, format_table, plot, run_bench, to_json
 from serving.engine.behaviour import EngineName, get_engine
 from serving.engine.profiles import ProfileName, get_profile
@@ -51,6 +52,7 @@ def _names(opt: str, text: str, known: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m serving", description="Equinox fair LLM serving")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    add_commands(sub)   # serve, load, hash-key (serving/daemon/cli.py)
     b = sub.add_parser("bench", help="compare policies on a workload in the engine simulator")
     b.add_argument("--workload", default="lmsys",
                    help=f"{', '.join(NAMED)}, a VTC suite ({', '.join(SUITES)}), artifact-<suite> "
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", default="out/bench", help="folder for PNG plots and results.json")
     b.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if args.cmd in DAEMON_COMMANDS:
+        return run_command(args)
     try:
         _positive("--rate-scale", args.rate_scale)
         _positive("--requests", args.requests, integer=True)

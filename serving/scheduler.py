@@ -587,6 +587,54 @@ class Scheduler:
         x = r.prefilled + r.decoded - r.dstart  # its KV tokens minus the global step count (fixed while decoding)
         r.gpu_s += ((self.decode_gpu - u0) + x * (self.decode_kv_coef - a0) + (self.decode_kv_coef_s - b0)) / r.weight
 
+    # requests that end early, and engines that report per request ----------------------------------------------
+    def release(self, req: Request, now: float, completed: bool = False) -> bool:
+        """Take a request out wherever it is, before the engine's own end for it: a waiting request leaves its
+        client's queue uncharged; a running one leaves the batch charged for what it produced (its prompt at
+        admission, its tokens and measured GPU time as they came), and what it produced becomes its output.
+        completed=True: an engine that reports per request finished it (the predictor learns its length); False:
+        it was cancelled (client gone, engine failed, shutdown). Call between iterations. Returns False when the
+        request is neither waiting nor running (already finished or released)."""
+        if req.rid not in self.running:
+            return self.policy.remove(req, now)
+        if req in self.dec:
+            self._leave_decoding(req)
+        else:
+            self.prefilling.remove(req)
+            self.pre_kv -= req.prefilled
+        del self.running[req.rid]
+        self._leave_batch(req)
+        self.reserved -= req.reserved_kv
+        req.output_tokens = req.generated   # settles charges made at the end (vtc-pred) on what was produced
+        req.finished = now
+        if completed and req.generated:
+            self.finished.append(req)
+            if req.expert_preds is not None:
+                self.predictor.observe(req.client, req.prompt_tokens, req.generated, req.expert_preds)
+            else:
+                self.predictor.observe(req.client, req.prompt_tokens, req.generated)
+        self.policy.on_finish(req, now)
+        return True
+
+    def record_progress(self, req: Request, tokens: int, gpu_s: float, now: float) -> None:
+        """An engine the scheduler does not step (an upstream server that streams each request on its own, admitted
+        through schedule() like any engine) produced `tokens` output tokens of a running request and used `gpu_s`
+        measured GPU-seconds (unweighted) for it: both are charged to its client now, through the policy's
+        on_step, as update_from_output charges a stepped engine's. The request stays running until release()."""
+        if req.rid not in self.running or req in self.dec:
+            raise RequestError(f"request {req.rid} ({req.client}): progress reported for a request that is not "
+                               f"running under a per-request engine")
+        if tokens < 0 or not gpu_s >= 0:
+            raise RequestError(f"request {req.rid} ({req.client}): bad progress {tokens!r} tokens, {gpu_s!r} GPU-s")
+        if tokens and req.first_token is None:
+            req.first_token = now
+        req.generated += tokens
+        g = gpu_s / req.weight
+        req.gpu_s += g
+        if g:
+            self.gpu_used[req.client] += g
+        self.policy.on_step({req.client: tokens} if tokens else {}, {req.client: g} if g else {}, now)
+
     def _adapt(self, step_s: float, steps: int = 1, preempted: bool = False) -> None:
         """AIMD on the token budget: halve it when KV pressure forced a preemption, shrink it when steps exceed
         the TBT target, grow it while requests wait."""

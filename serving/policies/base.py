@@ -93,6 +93,21 @@ class Policy(abc.ABC):
             self.backlog_log.append((now, req.client, True))
             self.on_backlogged(req.client)
 
+    def remove(self, req: Request, now: float) -> bool:
+        """Take a waiting request out of its client's queue (cancelled before admission: nothing was charged for
+        it, nothing is). False: it is not waiting."""
+        q = self.queues.get(req.client)
+        if not q or req not in q:
+            return False
+        q.remove(req)
+        self.waiting -= 1
+        if q:
+            self.on_backlogged(req.client)   # re-key the client: its head request may have changed (FCFS keys on it)
+        else:
+            self.backlog_log.append((now, req.client, False))
+            self.on_drained(req.client)
+        return True
+
     def peek(self) -> Request | None:
         c = self.next_client()
         return self.queues[c][0] if c is not None else None
@@ -107,6 +122,18 @@ class Policy(abc.ABC):
             self.backlog_log.append((now, c, False))
             self.on_drained(c)
         return req
+
+    # fairness state that outlives a process (the daemon persists it) -------------------------------------
+    def counters(self) -> dict[str, dict[str, float]]:
+        """The policy's per-client fairness counters by kind ({kind: {client: value}}); none for FCFS."""
+        return {}
+
+    def restore_counters(self, saved: dict[str, dict[str, float]]) -> None:
+        """Take up counters saved by counters() (the daemon's restart); a kind this policy does not keep is an
+        error, so a state file of another policy is not silently ignored."""
+        unknown = set(saved) - set(self.counters())
+        if unknown:
+            raise ValueError(f"policy {self.name!r} keeps no {', '.join(sorted(unknown))} counters")
 
     # decisions ------------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -161,3 +161,12 @@ class EquinoxPolicy(VTCPolicy):
         # the engine threw the work away (its KV is dropped and will be recomputed): the client is not charged
         # for it, or every eviction would raise its counter and make it the next victim
         self._leave(req, kept=False)
+
+    def counters(self):
+        return {**super().counters(), "rfc": {c: self.rfc(c) for c in set(self.rfc_base) | set(self.gpu_pred_run)}}
+
+    def restore_counters(self, saved):
+        super().restore_counters(saved)
+        for c, v in saved.get("rfc", {}).items():
+            self.rfc_base[c] += float(v) - self.rfc(c)
+            self._refresh(c)

@@ -104,6 +104,15 @@ class VTCPolicy(Policy):
         self.on_iteration(gpu_seconds, now)
 
 
+    def counters(self):
+        return {"vtc": dict(self.counter)}
+
+    def restore_counters(self, saved):
+        super().restore_counters(saved)
+        for c, v in saved.get("vtc", {}).items():
+            self.charge(c, float(v) - self.counter.get(c, 0.0))
+
+
 class VTCPredictedPolicy(VTCPolicy):
     """The artifact's VTC with predicted length: at admission the prompt plus the client's predicted output are
     charged; output tokens beyond the prediction are charged as produced; at completion the unused part of the
