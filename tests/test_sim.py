@@ -13,7 +13,8 @@ pytestmark = pytest.mark.sim
 NIC_TESTS = ["smoke", "enumeration_and_bar", "mmio_byte_enables", "tx_sizes", "rx_sizes", "loopback", "backpressure",
              "link_sweep", "interrupts", "bad_mmio", "bad_ring_size", "bad_descriptor_unmapped",
              "bad_descriptor_length", "poisoned_completion", "completion_timeout", "completion_reorder",
-             "quarantine_exhaustion", "credit_limit", "credit_limit_ignored_overflows", "loaded_reads_in_flight"]
+             "quarantine_exhaustion", "credit_limit", "credit_limit_ignored_overflows", "loaded_reads_in_flight",
+             "telemetry_live"]
 
 
 # `SIM=icarus make test` runs the whole NIC set under Icarus instead of Verilator
