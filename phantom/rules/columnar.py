@@ -308,23 +308,89 @@ def _replay(S: Checker, V: _Collector, idx, t, typ, clen, addr, fbe, lbe, tag, r
 
 def _nic(S: Checker, tc: TraceColumns, t, typ, dirs, cls, addr, length, fbe, lbe, tag, rid, status, bc, ep,
          is_cpl) -> None:
-    """Feed the NIC causality machine the records it looks at, in trace order."""
+    """Feed the NIC causality machine the records it looks at, in trace order, through its kind handlers (what
+    ``NicChains.record`` computes per record, computed here with numpy: queue, byte counts, keys)."""
+    nic = S.nic
     down = dirs == Direction.DOWN
     mrd = _isin(typ, _MEM_RD)
     mwr = _isin(typ, _MEM_WR)
-    sel = np.flatnonzero((down & (is_cpl | mwr)) | (~down & (mrd | mwr)))
+    # the queue of each address (ring, completion ring, buffers), -1 for none
+    a64 = addr.astype(np.uint64)
+    starts = np.asarray(nic.span_starts, dtype=np.uint64)
+    ends = np.asarray(nic.span_ends, dtype=np.uint64)
+    k = np.searchsorted(starts, a64, side="right") - 1
+    inq = (k >= 0) & (a64 < ends[np.maximum(k, 0)]) if len(starts) else np.zeros(len(t), dtype=bool)
+    qidx = np.where(inq, k, -1)
+    watched = np.asarray(sorted(nic.watched), dtype=np.uint64)
+    kind = np.full(len(t), -1, dtype=np.int8)
+    kind[down & is_cpl] = _K_CPL
+    kind[down & mwr & np.isin(a64 & ~np.uint64(3), watched)] = _K_MMIO
+    up_q = ~down & inq
+    kind[up_q & mrd & ((cls == _C_DESC) | (cls == _C_DATA))] = _K_READ
+    kind[up_q & mwr & (cls == _C_DWR)] = _K_WRITE
+    kind[up_q & mwr & (cls == _C_REC)] = _K_REC
+    kind[~down & mwr & (cls == _C_IRQ)] = _K_IRQ
+    # the common completion: successful, not poisoned, with data (the rest take the full handler)
+    has_data = (typ.astype(np.int64) & 0x40) != 0
+    ok_cpl = (kind == _K_CPL) & (status == _SC) & ~ep.astype(bool) & has_data
+    kind[ok_cpl] = _K_CPL_OK
+    sel = np.flatnonzero(kind >= 0)
     if len(sel) == 0:
         return
     off, present, pdata = tc.payload_off, tc.payload_present, tc.payload_data
     off0 = int(off[0]) if len(off) else 0
-    # only descriptor completions, host register writes and completion records have payload the machine reads
-    needs = (down | (cls == int(SemClass.CPL_WRITE))) & present.astype(bool)
-    lo = (off[:-1] - off0)[sel].tolist()
-    hi = (off[1:] - off0)[sel].tolist()
-    need = needs[sel].tolist()
+    has_p = present.astype(bool)[sel]
+    lo = np.where(has_p, off[:-1][sel] - off0, 0)
+    hi = np.where(has_p, off[1:][sel] - off0, 0)
+    ks = kind[sel]
+    length_s = length[sel].astype(np.int64)
+    nbytes = request_bytes_v(length_s, fbe[sel].astype(np.int64), lbe[sel].astype(np.int64))
+    key = rid[sel].astype(np.int64) << 16 | tag[sel].astype(np.int64)
+    bcs = bc[sel].astype(np.int64)
+    carried = np.where(has_data[sel], np.minimum(length_s * 4, bcs), 0)
+    # five argument columns, by kind:      x1      x2        x3       x4         x5
+    #   successful completion              key     byte cnt  carried  payload lo payload hi
+    #   descriptor / data read             key     bytes     class    address    queue
+    #   data write                         -       bytes     -        address    queue
+    #   completion record                  lo      hi        -        address    queue
+    #   host write (doorbell, queue ctrl)  lo      hi        -        address    -
+    is_ok, is_rd = ks == _K_CPL_OK, ks == _K_READ
+    by_payload = (ks == _K_REC) | (ks == _K_MMIO)
+    a_s = addr[sel]
+    x1 = np.where(by_payload, lo, key)
+    x2 = np.where(is_ok, bcs, np.where(by_payload, hi, nbytes))
+    x3 = np.where(is_ok, carried, cls[sel].astype(np.int64))
+    x4 = np.where(is_ok, lo.astype(np.uint64), a_s.astype(np.uint64))   # uint64 throughout: no float promotion
+    x5 = np.where(is_ok, hi, qidx[sel])
     pbytes = pdata.tobytes()
-    base = S.index
-    rec = S.nic.record
-    cols = [x[sel].tolist() for x in (t, dirs, typ, cls, addr, length, fbe, lbe, tag, rid, status, bc, ep)]
-    for j, a, b, nd, (ti, di, ty, cl, ad, ln, fb, lb, tg, ri, st, bcn, e) in zip(sel.tolist(), lo, hi, need, zip(*cols)):
-        rec(base + j, ti, di, ty, cl, ad, ln, fb, lb, tg, ri, st, bcn, e, pbytes[a:b] if nd else None)
+    queues = nic.span_queues
+    completion, completion_ok, mmio_write = nic.completion, nic.completion_ok, nic.mmio_write
+    device_read, data_write, cpl_record, interrupt = nic.device_read, nic.data_write, nic.cpl_record, nic.interrupt
+    gidx = sel + S.index
+    for g, kd, ti, a1, a2, a3, a4, a5 in zip(gidx.tolist(), ks.tolist(), t[sel].tolist(), x1.tolist(), x2.tolist(),
+                                            x3.tolist(), x4.tolist(), x5.tolist()):
+        if kd == _K_CPL_OK:
+            completion_ok(ti, a1, a2, a3, pbytes, a4, a5)
+        elif kd == _K_READ:
+            device_read(g, ti, queues[a5], a3, a4, a2, a1)
+        elif kd == _K_WRITE:
+            data_write(g, ti, queues[a5], a4, a2)
+        elif kd == _K_REC:
+            cpl_record(g, ti, queues[a5], a4, pbytes[a1:a2] if a2 > a1 else None)
+        elif kd == _K_IRQ:
+            interrupt(g, ti)
+        elif kd == _K_MMIO:
+            mmio_write(g, ti, a4, pbytes[a1:a2] if a2 > a1 else None)
+        else:   # an error completion, or one without data: the full handler (rare)
+            r = g - S.index
+            ln = int(length[r])
+            hd = bool(int(typ[r]) & 0x40)
+            lo_r, hi_r = (int(off[r]) - off0, int(off[r + 1]) - off0) if present[r] else (0, 0)
+            completion(g, ti, int(rid[r]) << 16 | int(tag[r]), int(status[r]), int(bc[r]),
+                       min(ln * 4, int(bc[r])) if hd else 0, hd, bool(ep[r]), pbytes, lo_r, hi_r)
+
+
+_K_CPL, _K_MMIO, _K_READ, _K_WRITE, _K_REC, _K_IRQ, _K_CPL_OK = range(7)
+_SC = int(CplStatus.SC)
+_C_DESC, _C_DATA = int(SemClass.DESC_READ), int(SemClass.DATA_READ)
+_C_DWR, _C_REC, _C_IRQ = int(SemClass.DATA_WRITE), int(SemClass.CPL_WRITE), int(SemClass.INTERRUPT)

@@ -25,6 +25,8 @@ from phantom.trace import CplStatus, Direction, SemClass, TlpType, TraceHeader
 DESC_BYTES = 16
 CPL_BYTES = 16
 MAX_TX_FRAME = 16384
+_DESC = struct.Struct("<QI")   # a descriptor's buffer address and length
+_REC = struct.Struct("<IIII")
 QCTRL_ENABLE_BIT = 0
 
 _DOWN = int(Direction.DOWN)
@@ -47,6 +49,7 @@ class _Desc:
     length: int
     requested: int = 0     # TX: bytes of data read requested; RX: bytes written
     completed: int = 0     # TX: bytes of data read completions received
+    next_addr: int = -1    # the address its next data is expected at (its key in the queue's ``expect``)
 
 
 @dataclass(slots=True)
@@ -97,7 +100,8 @@ class NicChains:
             ring = memmap.of_kind(RegionKind.TX_RING if q == "tx" else RegionKind.RX_RING)
             cpl = memmap.of_kind(RegionKind.TX_CPL_RING if q == "tx" else RegionKind.RX_CPL_RING)
             if ring:
-                self.queues[q] = _Queue(q, ring[0].base, ring[0].size // DESC_BYTES, cpl[0].base if cpl else None)
+                # a ring too small for one descriptor still gets one entry (indices stay defined)
+                self.queues[q] = _Queue(q, ring[0].base, max(ring[0].size // DESC_BYTES, 1), cpl[0].base if cpl else None)
         self.doorbell = {r.base: self.queues[r.kind.queue] for r in memmap.regions
                          if r.kind.is_doorbell and r.kind.queue in self.queues}
         self.qctrl = {r.base: self.queues[r.kind.queue] for r in memmap.regions
@@ -107,6 +111,10 @@ class NicChains:
                        if not r.kind.is_register and r.kind.queue in self.queues)
         self._starts = [b for b, _, _ in spans]
         self._spans = spans
+        self.span_starts = self._starts                      # the same for the columnar checker's numpy lookup
+        self.span_ends = [e for _, e, _ in spans]
+        self.span_queues = [q for _, _, q in spans]
+        self.watched = set(self.doorbell) | set(self.qctrl)  # the host writes the machine looks at
         self.reads: dict[tuple[int, int], _Read] = {}     # outstanding device reads, oldest first
         self.expired: dict[tuple[int, int], _Read] = {}   # timed out, not answered late
         self.news = 0      # completion records since the previous interrupt
@@ -119,6 +127,8 @@ class NicChains:
 
     def _expire(self, t: int) -> None:
         """Reads past their deadline at the latest arrival time: moved to ``expired`` (an error event each)."""
+        if t > self.now:
+            self.now = t
         while self.reads:
             key, rd = next(iter(self.reads.items()))
             if self.now - rd.t_ps <= self.timeout_ps:
@@ -131,39 +141,48 @@ class NicChains:
     def record(self, i: int, t: int, direction: int, ttype: int, cls: int, address: int, length: int,
                first_be: int, last_be: int, tag: int, rid: int, status: int, byte_count: int, ep: bool,
                payload: bytes | None) -> None:
-        # timeouts are applied lazily, by the handlers that depend on them (same outcome, far less work)
-        if t > self.now:
-            self.now = t
+        """One record in trace order (the reference checker's entry). The columnar checker computes the same
+        derived fields with numpy and calls the kind handlers below directly."""
         if direction == _DOWN:
             if ttype in _CPL_TYPES:
-                self._completion(i, t, ttype, rid, tag, status, byte_count, length, ep, payload)
+                carried = min(length * 4, byte_count) if ttype & 0x40 else 0
+                self.completion(i, t, rid << 16 | tag, status, byte_count, carried, bool(ttype & 0x40), ep,
+                                payload, 0, len(payload) if payload is not None else 0)
             elif ttype in _MWR_TYPES:
-                self._expire(t)
-                self._mmio_write(i, t, address, payload)
+                self.mmio_write(i, t, address, payload)
             return
         if ttype in _MRD_TYPES:
-            self._device_read(i, t, cls, address, length, first_be, last_be, tag, rid)
+            if cls == _DESC_READ or cls == _DATA_READ:
+                q = self.queue_of(address)
+                if q is not None:
+                    self.device_read(i, t, q, cls, address, request_bytes(length, first_be, last_be), rid << 16 | tag)
         elif ttype in _MWR_TYPES:
             if cls == _DATA_WRITE:
-                self._data_write(i, t, address, length, first_be, last_be)
+                q = self.queue_of(address)
+                if q is not None:
+                    self.data_write(i, t, q, address, request_bytes(length, first_be, last_be))
             elif cls == _CPL_WRITE:
-                self._cpl_record(i, t, address, payload)
+                q = self.queue_of(address)
+                if q is not None:
+                    self.cpl_record(i, t, q, address, payload)
             elif cls == _INTERRUPT:
-                self._expire(t)
-                self._interrupt(i, t)
+                self.interrupt(i, t)
 
     # host side -----------------------------------------------------------------------------------
-    def _mmio_write(self, i: int, t: int, address: int, payload: bytes | None) -> None:
+    def mmio_write(self, i: int, t: int, address: int, payload: bytes | None) -> None:
+        """A host write to the device (only doorbells and queue controls matter: ``watched`` lists them)."""
         a = address & ~3
         q = self.doorbell.get(a)
         if q is not None:
+            self._expire(t)
             if payload is not None and len(payload) >= 2:
-                q.prod = int.from_bytes(payload[:2], "little") % max(q.entries, 1)
+                q.prod = int.from_bytes(payload[:2], "little") % q.entries
             if q.quarantined >= self.quar_limit:
                 self._error()  # the device refuses to run a queue whose tags are exhausted: an error interrupt
             return
         q = self.qctrl.get(a)
         if q is not None and payload:
+            self._expire(t)
             if not payload[0] >> QCTRL_ENABLE_BIT & 1:
                 q.reset()
                 self._release_quarantine(q, t)
@@ -176,7 +195,8 @@ class NicChains:
             q.quarantined -= 1
 
     # device reads --------------------------------------------------------------------------------
-    def _queue_of(self, address: int) -> _Queue | None:
+    def queue_of(self, address: int) -> _Queue | None:
+        """The queue whose ring, completion ring or buffers hold this address (None: no queue's)."""
         k = bisect_right(self._starts, address) - 1
         if k >= 0:
             b, e, q = self._spans[k]
@@ -184,44 +204,44 @@ class NicChains:
                 return q
         return None
 
-    def _device_read(self, i: int, t: int, cls: int, address: int, length: int, fbe: int, lbe: int,
-                     tag: int, rid: int) -> None:
-        q = self._queue_of(address)
-        if q is None:
-            return
-        nbytes = request_bytes(length, fbe, lbe)
+    def device_read(self, i: int, t: int, q: _Queue, cls: int, address: int, nbytes: int, key: int) -> None:
+        """A descriptor or data read of queue q (key: requester ID << 16 | tag)."""
         if cls == _DESC_READ:
             start = (address - q.ring_base) // DESC_BYTES
             n = nbytes // DESC_BYTES
-            avail = (q.prod - q.fetch) % max(q.entries, 1)
+            avail = (q.prod - q.fetch) % q.entries
             if start != q.fetch or n > avail or n == 0:
                 self.emit("nic_desc_doorbell", i, t,
                           f"{q.name} descriptor read of entries {start}..{start + n - 1}: the device should fetch "
                           f"from {q.fetch}, {avail} posted (producer index {q.prod})")
-            q.fetch = (start + n) % max(q.entries, 1)
-            self.reads[(rid, tag)] = _Read(q, "desc", start, nbytes, t)
+            q.fetch = (start + n) % q.entries
+            self.reads[key] = _Read(q, "desc", start, nbytes, t)
         elif cls == _DATA_READ:
             d = q.expect.pop(address, None)
             if d is None or d.addr is None:
                 if d is None and not self._unknown_desc(q):
                     self.emit("nic_data_desc", i, t, f"{q.name} data read at {address:#x}+{nbytes} is not the next "
                                                      f"data of any fetched descriptor")
-                self.reads[(rid, tag)] = _Read(q, "data", -1, nbytes, t)
+                self.reads[key] = _Read(q, "data", -1, nbytes, t)
                 return
             if d.requested + nbytes > d.length:
                 self.emit("nic_data_desc", i, t, f"{q.name} data read at {address:#x}+{nbytes} runs past descriptor "
                                                  f"{d.idx} ({d.addr:#x}+{d.length})")
             d.requested += nbytes
             if d.requested < d.length:
-                q.expect[address + nbytes] = d
-            self.reads[(rid, tag)] = _Read(q, "data", d.idx, nbytes, t, d)
+                d.next_addr = address + nbytes
+                q.expect[d.next_addr] = d
+            self.reads[key] = _Read(q, "data", d.idx, nbytes, t, d)
 
     def _unknown_desc(self, q: _Queue) -> bool:
         return any(d.addr is None for d in q.descs.values())
 
-    def _completion(self, i: int, t: int, ctype: int, rid: int, tag: int, status: int, bc: int,
-                    length: int, ep: bool, payload: bytes | None) -> None:
-        key = (rid, tag)
+    def completion(self, i: int, t: int, key: int, status: int, bc: int, carried: int, has_data: bool, ep: bool,
+                   buf: bytes | None, lo: int, hi: int) -> None:
+        """A completion to the device (key: requester ID << 16 | tag; carried: data bytes it delivers;
+        its payload is buf[lo:hi], read only for descriptor reads)."""
+        if t > self.now:
+            self.now = t
         if status != _SC or ep:
             self._error()   # the device stops the queue (DMA_ERR) and raises an error interrupt
         rd = self.reads.get(key)
@@ -236,43 +256,58 @@ class NicChains:
         if status != _SC:
             del self.reads[key]
             return
-        off = rd.total - bc
-        carried = min(length * 4, bc) if ctype & 0x40 else 0
+        self._deliver(rd, key, bc, carried, has_data, buf, lo, hi)
+
+    def completion_ok(self, t: int, key: int, bc: int, carried: int, buf: bytes | None, lo: int, hi: int) -> None:
+        """``completion`` of a successful, unpoisoned completion with data (the common case, fewer arguments)."""
+        if t > self.now:
+            self.now = t
+        rd = self.reads.get(key)
+        if rd is None or self.now - rd.t_ps > self.timeout_ps:
+            self.completion(-1, t, key, _SC, bc, carried, True, False, buf, lo, hi)
+            return
+        if rd.kind == "data":   # the hot path, _deliver inlined
+            rd.got += carried
+            if rd.desc is not None:
+                rd.desc.completed += carried
+            if rd.got >= rd.total:
+                del self.reads[key]
+            return
+        self._deliver(rd, key, bc, carried, True, buf, lo, hi)
+
+    def _deliver(self, rd: _Read, key: int, bc: int, carried: int, has_data: bool, buf: bytes | None, lo: int,
+                 hi: int) -> None:
         rd.got += carried
-        done = rd.got >= rd.total or not ctype & 0x40
-        if rd.kind == "desc" and payload is not None:
+        done = rd.got >= rd.total or not has_data
+        if rd.kind == "data":
+            if rd.desc is not None:
+                rd.desc.completed += carried
+        elif buf is not None and hi > lo:
             q = rd.queue
-            for k in range(0, len(payload) - DESC_BYTES + 1, DESC_BYTES):
-                if (off + k) % DESC_BYTES:
-                    continue
-                idx = (rd.start + (off + k) // DESC_BYTES) % max(q.entries, 1)
-                addr, dlen = struct.unpack_from("<QI", payload, k)
-                self._new_desc(q, idx, addr, dlen)
-        elif rd.kind == "desc" and done:
+            off = rd.total - bc
+            k0 = -off % DESC_BYTES   # the first whole descriptor in this completion's data
+            idx = (rd.start + (off + k0) // DESC_BYTES) % q.entries
+            tx = q.name == "tx"
+            for k in range(lo + k0, hi - DESC_BYTES + 1, DESC_BYTES):
+                addr, dlen = _DESC.unpack_from(buf, k)
+                d = _Desc(idx, addr, dlen, next_addr=addr)
+                q.descs[idx] = d
+                if dlen == 0 or addr & 3 or (tx and dlen > MAX_TX_FRAME):
+                    self._error()  # the device stops the queue with DESC_ERR and raises an error interrupt
+                else:
+                    q.expect[addr] = d
+                idx = idx + 1 if idx + 1 < q.entries else 0
+        elif done:
             q = rd.queue
             for k in range(rd.total // DESC_BYTES):
-                idx = (rd.start + k) % max(q.entries, 1)
+                idx = (rd.start + k) % q.entries
                 q.descs[idx] = _Desc(idx, None, 0)
-        elif rd.kind == "data" and rd.desc is not None:
-            rd.desc.completed += carried
         if done:
             del self.reads[key]
 
-    def _new_desc(self, q: _Queue, idx: int, addr: int, dlen: int) -> None:
-        bad = dlen == 0 or addr & 3 or (q.name == "tx" and dlen > MAX_TX_FRAME)
-        if bad:
-            self._error()  # the device stops the queue with DESC_ERR and raises an error interrupt
-        d = _Desc(idx, addr, dlen)
-        q.descs[idx] = d
-        if not bad:
-            q.expect[addr] = d
-
     # device writes -------------------------------------------------------------------------------
-    def _data_write(self, i: int, t: int, address: int, length: int, fbe: int, lbe: int) -> None:
-        q = self._queue_of(address)
-        if q is None:
-            return
-        nbytes = request_bytes(length, fbe, lbe)
+    def data_write(self, i: int, t: int, q: _Queue, address: int, nbytes: int) -> None:
+        """An RX data write into a buffer of queue q."""
         d = q.expect.pop(address, None)
         if d is None:
             if not self._unknown_desc(q):
@@ -283,17 +318,16 @@ class NicChains:
             self.emit("nic_data_desc", i, t, f"{q.name} data write at {address:#x}+{nbytes} runs past descriptor "
                                              f"{d.idx} ({d.addr:#x}+{d.length})")
         d.requested += nbytes
-        q.expect[address + nbytes] = d
+        d.next_addr = address + nbytes
+        q.expect[d.next_addr] = d
 
-    def _cpl_record(self, i: int, t: int, address: int, payload: bytes | None) -> None:
-        q = self._queue_of(address)
-        if q is None:
-            return
+    def cpl_record(self, i: int, t: int, q: _Queue, address: int, payload: bytes | None) -> None:
+        """A completion record written to queue q's completion ring."""
         self.news += 1
         if payload is None or len(payload) < CPL_BYTES:
-            q.next_cpl = (q.next_cpl + 1) % max(q.entries, 1)
+            q.next_cpl = (q.next_cpl + 1) % q.entries
             return
-        dw0, rlen, _, dw3 = struct.unpack_from("<IIII", payload, 0)
+        dw0, rlen, _, dw3 = _REC.unpack_from(payload, 0)
         idx = dw0 & 0xFFFF
         valid, phase = dw3 >> 31, dw3 & 1
         at = (address - q.cpl_base) // CPL_BYTES if q.cpl_base is not None else idx
@@ -312,14 +346,15 @@ class NicChains:
             elif q.name == "rx" and (d.requested < rlen or rlen > d.length):
                 self.emit("nic_cpl_data", i, t, f"rx completion record for entry {idx} reports {rlen} B, "
                                                 f"{d.requested} B written to its {d.length} B buffer")
-            for a, dd in list(q.expect.items()):
-                if dd is d:
-                    del q.expect[a]
-        q.next_cpl = (idx + 1) % max(q.entries, 1)
+            if q.expect.get(d.next_addr) is d:   # a descriptor is expected at one address at a time
+                del q.expect[d.next_addr]
+        q.next_cpl = (idx + 1) % q.entries
         if q.next_cpl == 0:
             q.lap += 1
 
-    def _interrupt(self, i: int, t: int) -> None:
+    def interrupt(self, i: int, t: int) -> None:
+        """An MSI-X write."""
+        self._expire(t)
         if self.news == 0 and self.errors == 0 and not self._read_overdue(t):
             self.emit("nic_irq_cpl", i, t, "interrupt announces nothing: no completion record and no error since "
                                            "the previous interrupt")
