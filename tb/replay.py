@@ -36,6 +36,12 @@ SUPPORTED_MPS = (128, 256, 512)           # the UltraScale+ configuration the te
 SUPPORTED_WIDTHS = (64, 128, 256)
 
 
+def is_generated(h: TraceHeader) -> bool:
+    """A generated trace (Phantom writes ``extra.generated``; ``generated_by`` for other generators)."""
+    extra = h.extra or {}
+    return bool(extra.get("generated") or extra.get("generated_by")) or h.scenario.startswith("generated")
+
+
 class ReplayError(ValueError):
     """A trace that cannot be replayed: names the trace and what is wrong."""
 
@@ -141,7 +147,7 @@ class ReplayPlan:
         plan = cls(trace=path, header=h, memmap=mm, events=[], expected={c: [] for c in DEVICE_CLASSES},
                    mac_rx=[f for f in mac if f.port == MacPort.RX], mac_tx=[f for f in mac if f.port == MacPort.TX],
                    queues={}, bar_base=bars[0].base, msix_addr=msix[0].base if msix else None,
-                   generated=bool((h.extra or {}).get("generated_by")) or h.scenario.startswith("generated"),
+                   generated=is_generated(h),
                    tx_data_whole=h.payload_bytes_kept < 0)
         for q, kind in (("tx", RegionKind.TX_RING), ("rx", RegionKind.RX_RING)):
             ring = mm.of_kind(kind)
