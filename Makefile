@@ -53,8 +53,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q -m "not sim" tests
 
+# the regression: directed tests, captured scenarios, Phantom-generated stimulus (FAULT=NIC_FAULT_...: on faulty RTL)
 regress: $(STAMP)
-	@for s in mixed tx_heavy rx_heavy small jumbo loaded rcb_split numa ideal; do $(MAKE) --no-print-directory sim SCENARIO=$$s || exit 1; done
+	$(PY) sim_scripts/regress.py --jobs $(JOBS) --sim $(SIM) --width $(WIDTH) $(if $(FAULT),--fault $(FAULT),) $(if $(KINDS),--kinds $(KINDS),)
 
 bench-sim: $(STAMP)
 	$(PY) sim_scripts/bench_sim.py --scenario $(SCENARIO) $(if $(FRAMES),--frames $(FRAMES),)

@@ -275,6 +275,18 @@ class ReplayPlan:
                 out.add(off)
         return out
 
+    def last_written(self, register: str) -> int | None:
+        """The last value the host writes to a register (by its name in the header's register map)."""
+        off = (self.header.device or {}).get("registers", {}).get(register)
+        vals = [int.from_bytes(e.data[:4], "little") for e in self.events if e.kind == "write" and e.offset == off]
+        return vals[-1] if vals else None
+
+    def irq_flushes(self) -> bool:
+        """Whether the interrupt set-up announces every record eventually (a coalescing timer, or one event per
+        interrupt); with neither, trailing records below the count are never announced, by design."""
+        count, timer = self.last_written("REG_IRQ_COAL_COUNT"), self.last_written("REG_IRQ_COAL_TIMER")
+        return bool(timer) or (count or 0) <= 1
+
     def _queue_for(self, address: int) -> QueuePlan | None:
         name = self.memmap.queue_of(address)
         return self.queues.get(name) if name else None

@@ -34,7 +34,11 @@ def assert_clean(chk, expect: dict[str, int] | None = None) -> None:
         assert got == expect, f"expected exactly {expect}, got {got}:\n" + rep.format()
 
 
-@cocotb.test()
+# a test whose device stops answering fails at this much simulated time instead of running on (a faulty build
+# under `make regress FAULT=...` hangs in ways a healthy one does not)
+TEST_LIMIT_MS = float(os.environ.get("NIC_TEST_LIMIT_MS", 100))
+
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def smoke(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -47,7 +51,7 @@ async def smoke(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def enumeration_and_bar(dut):
     tb = TB(dut)
     await tb.init(start_driver=False)
@@ -63,7 +67,7 @@ async def enumeration_and_bar(dut):
     assert st & (1 << r.STATUS_BUS_MASTER_BIT) and st & (1 << r.STATUS_MSIX_EN_BIT), f"status {st:#x}"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def mmio_byte_enables(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -105,17 +109,17 @@ async def _sizes(dut, direction: str):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def tx_sizes(dut):
     await _sizes(dut, "tx")
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def rx_sizes(dut):
     await _sizes(dut, "rx")
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def loopback(dut):
     tb = TB(dut)
     await tb.init()
@@ -127,7 +131,7 @@ async def loopback(dut):
     assert tb.mac_tx.empty(), "loopback frames must not leave on the MAC"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def backpressure(dut):
     """Many frames back to back both ways while the MAC TX sink pauses."""
     tb = TB(dut)
@@ -155,7 +159,7 @@ async def backpressure(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def link_sweep(dut):
     """Under the MPS/MRRS/RCB of the environment: data intact, device obeys MPS/MRRS/4 KB, RC splits on RCB."""
     tb = TB(dut)
@@ -182,7 +186,7 @@ async def link_sweep(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def interrupts(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -216,7 +220,7 @@ async def interrupts(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def bad_mmio(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -245,7 +249,7 @@ async def bad_mmio(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def bad_ring_size(dut):
     tb = TB(dut)
     await tb.init(start_driver=False)
@@ -281,7 +285,7 @@ async def _stop_test(tb: TB, bit: str, counter: str | None = None):
     assert await tb.recv_frame() == f
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def bad_descriptor_unmapped(dut):
     """A descriptor names memory the host never mapped: the RC answers UR, the queue stops with DMA_ERR."""
     tb = TB(dut)
@@ -296,7 +300,7 @@ async def bad_descriptor_unmapped(dut):
     assert_clean(chk, {"cpl_error": 1})   # the UR, reported as a warning; nothing else
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def bad_descriptor_length(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -309,7 +313,7 @@ async def bad_descriptor_length(dut):
     assert_clean(chk, {})   # a malformed descriptor is the host's fault: the NIC's error interrupt is legal
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def poisoned_completion(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -329,7 +333,7 @@ async def poisoned_completion(dut):
     assert_clean(chk, {"tlp_poisoned": tb.faults.poisoned})
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def completion_timeout(dut):
     tb = TB(dut)
     chk = live_checker(tb)
@@ -349,7 +353,7 @@ async def completion_timeout(dut):
     assert_clean(chk, {"cpl_timeout": tb.faults.dropped})   # the dropped reads, nothing else
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def quarantine_exhaustion(dut):
     """Reads that keep timing out fill the quarantine: the queue stops with QUAR and never looks healthy; a
     reset within the hold time cannot revive it, one after it frees the tags and traffic flows again."""
@@ -402,7 +406,7 @@ async def quarantine_exhaustion(dut):
     assert_clean(chk, {"cpl_timeout": tb.faults.dropped})
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def split_near_4k(dut):
     """Buffers placed 64 B before a 4 KB boundary: every transfer splits there (and at MPS/MRRS/RCB), intact."""
     tb = TB(dut)
@@ -425,7 +429,7 @@ async def split_near_4k(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def credit_limit(dut):
     """The root complex's completion buffer shrunk and its delivery throttled: with the device told the limit,
     no completion is ever dropped and the reads it has outstanding never need more than the buffer."""
@@ -458,7 +462,7 @@ async def credit_limit(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def credit_limit_ignored_overflows(dut):
     """The control: the same shrunk buffer, the device left at the hard IP's full 32 KB: completions are lost."""
     tb = TB(dut, host_model=get_host_profile("tight-cpl"))
@@ -468,7 +472,7 @@ async def credit_limit_ignored_overflows(dut):
     assert not tb.dev.local_error.empty(), "expected the hard IP to drop completions"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def loaded_reads_in_flight(dut):
     """Under TX load the NIC keeps many reads in flight (time-weighted over the busy period, from the trace)."""
     tb = TB(dut)
@@ -497,7 +501,7 @@ async def loaded_reads_in_flight(dut):
     assert max(d for _, d in ev) >= 16 and mean >= 8, f"reads in flight: max {max(d for _, d in ev)}, mean {mean:.2f}"
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def completion_reorder(dut):
     """Completions of different requests swapped by the root complex: data still lands right."""
     tb = TB(dut)
@@ -513,7 +517,7 @@ async def completion_reorder(dut):
     assert_clean(chk)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def trace_matches_stats(dut):
     """The trace re-read from disk has the TLP counts the device's statistics registers report."""
     from phantom.trace import read_trace
@@ -540,7 +544,7 @@ async def trace_matches_stats(dut):
     assert st["irqs"] == sum(1 for r in recs if r.cls == SemClass.INTERRUPT)
 
 
-@cocotb.test()
+@cocotb.test(timeout_time=TEST_LIMIT_MS, timeout_unit="ms")
 async def telemetry_live(dut):
     """host.telemetry's NIC source polling the statistics registers of the running device: the link utilisation
     it reports over a window matches the bytes the tap saw on the link in that window."""

@@ -3,7 +3,8 @@
 import os
 
 import cocotb
-from cocotb.triggers import Combine, SimTimeoutError, with_timeout
+from cocotb.triggers import Combine, First, Timer
+from cocotb.utils import get_sim_time
 from tqdm import tqdm
 
 from host.driver import DriverConfig
@@ -24,6 +25,8 @@ async def run_scenario(dut):
     bar = tqdm(total=len(tx) + len(rx), desc=f"scenario {sc.name}", unit="frame", mininterval=2.0,
                disable=os.environ.get("NIC_PROGRESS", "1") != "1")
 
+    done = [0]   # frames scored (the progress bar may be disabled)
+
     async def host_tx():
         for i in range(0, len(tx), sc.batch):
             await tb.driver.xmit_batch(tx[i:i + sc.batch])
@@ -33,6 +36,7 @@ async def run_scenario(dut):
         for i, want in enumerate(tx):
             got = await tb.recv_frame()
             assert got == want, f"TX frame {i}: {len(got)} bytes on the wire, expected {len(want)} (or data differs)"
+            done[0] += 1
             bar.update(1)
 
     async def wire_rx():
@@ -43,18 +47,36 @@ async def run_scenario(dut):
         for i, want in enumerate(rx):
             got = await tb.driver.recv()
             assert got == want, f"RX frame {i}: host got {len(got)} bytes, expected {len(want)} (or data differs)"
+            done[0] += 1
             bar.update(1)
 
-    # a device that stops moving frames ends the run with what was left, never a hang
+    # a device that stops moving frames ends the run with what was left, never a hang: no frame done for
+    # NIC_STALL_US of simulated time (default 2 ms: twice the device's default completion timeout), or the whole
+    # run past NIC_SIM_LIMIT_US
     limit_us = float(os.environ.get("NIC_SIM_LIMIT_US", 50_000))
+    stall_us = float(os.environ.get("NIC_STALL_US", 2_000))
     jobs = [cocotb.start_soon(c()) for c in (host_tx, wire_tx, wire_rx, host_rx)]
-    try:
-        await with_timeout(Combine(*jobs), limit_us, "us")
-    except SimTimeoutError:
+
+    async def watchdog() -> str:
+        last, t_last = -1, 0.0
+        while True:
+            await Timer(50, "us")
+            now = get_sim_time("us")
+            if done[0] != last:
+                last, t_last = done[0], now
+            elif now - t_last > stall_us:
+                return f"no frame done for {now - t_last:.0f} us"
+            if now > limit_us:
+                return f"still running after {limit_us:.0f} us of simulated time"
+
+    dog = cocotb.start_soon(watchdog())
+    await First(Combine(*jobs), dog)
+    if dog.done():
         for j in jobs:
             j.cancel()
-        raise AssertionError(f"scenario {sc.name}: frames stopped moving after {limit_us:.0f} us of simulated time "
-                             f"({bar.n} of {len(tx) + len(rx)} frames done)") from None
+        raise AssertionError(f"scenario {sc.name}: frames stopped moving: {dog.result()} ({done[0]} of "
+                             f"{len(tx) + len(rx)} frames done)")
+    dog.cancel()
     bar.close()
     stats = await tb.driver.stats()
     assert stats["tx_pkts"] == len(tx) and stats["rx_pkts"] == len(rx), stats
