@@ -8,6 +8,7 @@ splits on RCB or at MPS, completions of different reads interleaved.
 
 import copy
 import dataclasses
+import os
 import struct
 
 import pytest
@@ -24,7 +25,11 @@ MS = 1_000_000_000  # ps
 
 @pytest.fixture(scope="module")
 def captured(tmp_path_factory):
-    """A real capture: the mixed scenario, shortened, through Verilator, realistic host."""
+    """A real capture: the mixed scenario, shortened, through Verilator, realistic host. PHANTOM_TEST_CAPTURE names
+    one made the same way beforehand (`make mutmut` does: thousands of mutant runs cannot each simulate)."""
+    cached = os.environ.get("PHANTOM_TEST_CAPTURE")
+    if cached:
+        return read_trace(cached)
     d = tmp_path_factory.mktemp("cap")
     trace = d / "mixed.jsonl.gz"
     run("run_scenario", sim="verilator", data_width=256, module="test_scenario", test_dir=d,
