@@ -67,6 +67,9 @@ STIMULI: tuple[Stimulus, ...] = (
              host="realistic-rcb", tlps=5000),
     Stimulus("jumbo-mrrs1024", "jumbo frames at MRRS 1024 and RCB 128 (captured jumbo runs at MRRS 4096)",
              scenario="jumbo", link={"mps": 256, "mrrs": 1024, "rcb": 128}, tlps=4000),
+    Stimulus("jumbo-mrrs4096-mps128", "jumbo frames read 4 KB at a time and answered in 128 B completions (MPS "
+             "128): reassembly of reads over 2 KB from 32 pieces; captures pair MRRS 4096 with MPS 512",
+             scenario="jumbo", link={"mps": 128, "mrrs": 4096, "rcb": 64}, tlps=4000),
     Stimulus("small-unaligned", "small frames in buffers at odd DWORD offsets (alignments 4-32 B) with MPS 512",
              scenario="small", link={"mps": 512, "mrrs": 256}, buffer_offset=36, tlps=4000),
 )
