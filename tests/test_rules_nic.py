@@ -1,0 +1,309 @@
+"""The NIC causality machine (phantom.rules.nic) on small conversations written out by hand: the boundaries of
+its timeout, quarantine and interrupt accounting, queue resets, completion-ring slots, both checkers alike.
+
+Each conversation is legal PCIe built by a tiny host/device script (``Conv``); a test changes one thing and the
+NIC rule that must (or must not) fire is asserted on the reference checker, the columnar one and a chunked run.
+"""
+
+import struct
+
+import pytest
+
+from phantom.memmap import Region, RegionKind
+from phantom.rules import RULES, check_records
+from phantom.rules.columnar import check_chunks, check_columns
+from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceColumns, TraceHeader
+
+US = 1_000_000          # ps
+BAR = 0x1_0000_0000
+TX_RING, RX_RING = 0x2_0000_0000, 0x2_0001_0000
+TX_CPL, RX_CPL = 0x2_0002_0000, 0x2_0003_0000
+TX_BUF, RX_BUF = 0x2_0010_0000, 0x2_0020_0000
+MSIX = 0xFEE0_0000
+DB = {"tx": BAR + 0x100, "rx": BAR + 0x140}
+QCTRL = {"tx": BAR + 0x118, "rx": BAR + 0x158}
+ENTRIES = 16
+DEV, HOST = 0x0100, 0x0000
+
+
+def header(timeout_ns=20_000.0, tag_width=8, tag_hold_ns=None, cpl_rings=True):
+    regions = [Region(BAR, 0x10000, RegionKind.BAR), Region(TX_RING, ENTRIES * 16, RegionKind.TX_RING),
+               Region(RX_RING, ENTRIES * 16, RegionKind.RX_RING), Region(TX_BUF, 0x10000, RegionKind.TX_DATA),
+               Region(RX_BUF, 0x10000, RegionKind.RX_DATA), Region(MSIX, 4, RegionKind.MSIX),
+               Region(DB["tx"], 4, RegionKind.TX_DOORBELL), Region(DB["rx"], 4, RegionKind.RX_DOORBELL),
+               Region(QCTRL["tx"], 4, RegionKind.TX_QCTRL), Region(QCTRL["rx"], 4, RegionKind.RX_QCTRL)]
+    if cpl_rings:
+        regions += [Region(TX_CPL, ENTRIES * 16, RegionKind.TX_CPL_RING),
+                    Region(RX_CPL, ENTRIES * 16, RegionKind.RX_CPL_RING)]
+    dev = {"tag_hold_ns": tag_hold_ns} if tag_hold_ns is not None else {}
+    return TraceHeader(mps=256, mrrs=512, rcb=64, tag_width=tag_width, cpl_timeout_ns=timeout_ns,
+                       memory_map=[r.to_json() for r in regions], device=dev)
+
+
+class Conv:
+    """A legal conversation, record by record (times in ps, strictly increasing unless given)."""
+
+    def __init__(self, h):
+        self.h = h
+        self.recs: list[TlpRecord] = []
+        self.t = 0
+        self.tag = 0
+        self.cpl_slot = {"tx": 0, "rx": 0}
+        self.lap = {"tx": 0, "rx": 0}
+
+    def _add(self, dt, **kw):
+        self.t += dt
+        r = TlpRecord(seq=len(self.recs), t_ps=self.t, **kw)
+        self.recs.append(r)
+        return r
+
+    def host_write(self, addr, value, dt=50_000):
+        return self._add(dt, dir=Direction.DOWN, type=TlpType.MWr64, length=1, address=addr, first_be=0xF,
+                         requester_id=HOST, payload_len=4, payload=struct.pack("<I", value),
+                         cls=SemClass.DOORBELL if addr in DB.values() else SemClass.MMIO_WRITE)
+
+    def doorbell(self, q, prod, dt=50_000):
+        return self.host_write(DB[q], prod, dt)
+
+    def read(self, addr, nbytes, cls, dt=20_000, tag=None):
+        tag = self.tag if tag is None else tag
+        self.tag = (self.tag + 1) % (1 << self.h.tag_width)
+        dw = nbytes // 4
+        self._add(dt, dir=Direction.UP, type=TlpType.MRd64, length=dw, address=addr, first_be=0xF,
+                  last_be=0xF if dw > 1 else 0, tag=tag, requester_id=DEV, cls=cls)
+        return tag
+
+    def complete(self, tag, payload: bytes, dt=500_000, status=CplStatus.SC):
+        n = len(payload)
+        if status != CplStatus.SC:
+            return self._add(dt, dir=Direction.DOWN, type=TlpType.Cpl, tag=tag, requester_id=DEV, completer_id=HOST,
+                             status=status, byte_count=n, cls=SemClass.COMPLETION)
+        return self._add(dt, dir=Direction.DOWN, type=TlpType.CplD, length=n // 4, tag=tag, requester_id=DEV,
+                         completer_id=HOST, byte_count=n, payload_len=n, payload=payload, cls=SemClass.COMPLETION)
+
+    def fetch(self, q, start, descs, dt=20_000):
+        """A descriptor read of len(descs) entries from ring index start, answered with their bytes."""
+        ring = TX_RING if q == "tx" else RX_RING
+        tag = self.read(ring + start * 16, 16 * len(descs), SemClass.DESC_READ, dt)
+        self.complete(tag, b"".join(struct.pack("<QIxxxx", a, n) for a, n in descs))
+
+    def tx_data(self, addr, n):
+        tag = self.read(addr, n, SemClass.DATA_READ)
+        self.complete(tag, bytes(n))
+
+    def rx_data(self, addr, n, dt=20_000):
+        self._add(dt, dir=Direction.UP, type=TlpType.MWr64, length=n // 4, address=addr, first_be=0xF,
+                  last_be=0xF if n > 4 else 0, requester_id=DEV, payload_len=n, cls=SemClass.DATA_WRITE)
+
+    def record(self, q, idx, length, dt=20_000, slot=None):
+        base = TX_CPL if q == "tx" else RX_CPL
+        slot = self.cpl_slot[q] if slot is None else slot
+        payload = struct.pack("<IIII", idx, length, 0, 1 << 31 | self.lap[q] & 1)
+        self.cpl_slot[q] = (self.cpl_slot[q] + 1) % ENTRIES
+        if self.cpl_slot[q] == 0:
+            self.lap[q] += 1
+        return self._add(dt, dir=Direction.UP, type=TlpType.MWr64, length=4, address=base + slot * 16,
+                         first_be=0xF, last_be=0xF, requester_id=DEV, payload_len=16, payload=payload,
+                         cls=SemClass.CPL_WRITE)
+
+    def irq(self, dt=20_000):
+        return self._add(dt, dir=Direction.UP, type=TlpType.MWr32, length=1, address=MSIX, first_be=0xF,
+                         requester_id=DEV, payload_len=4, payload=b"\0\0\0\0", cls=SemClass.INTERRUPT)
+
+    def tx_frame(self, idx, n=256):
+        """The whole TX conversation of one frame in slot idx: doorbell, fetch, data, record."""
+        self.doorbell("tx", (idx + 1) % ENTRIES)
+        self.fetch("tx", idx, [(TX_BUF + idx * 2048, n)])
+        self.tx_data(TX_BUF + idx * 2048, n)
+        self.record("tx", idx, n)
+
+    def check(self, **kw):
+        h, recs = self.h, self.recs
+        ref = check_records(h, recs, **kw)
+        fast = check_columns(TraceColumns.from_records(h, recs), **kw)
+        assert fast.counts == ref.counts, {r: (ref.counts[r], fast.counts[r]) for r in RULES
+                                           if ref.counts[r] != fast.counts[r]}
+        chunks = [TraceColumns.from_records(h, recs[i:i + 5]) for i in range(0, len(recs), 5)]
+        assert check_chunks(h, chunks, **kw).counts == ref.counts
+        return {r: n for r, n in ref.counts.items() if n and r.startswith("nic_")}
+
+
+def test_a_clean_conversation_fires_nothing():
+    c = Conv(header())
+    for i in range(3):
+        c.tx_frame(i)
+    c.irq()
+    c.doorbell("rx", 2)
+    c.fetch("rx", 0, [(RX_BUF, 2048), (RX_BUF + 2048, 2048)])
+    c.rx_data(RX_BUF, 256)
+    c.rx_data(RX_BUF + 256, 64)
+    c.record("rx", 0, 320)
+    c.irq()
+    assert c.check() == {}
+
+
+def test_interrupt_before_any_record_announces_nothing():
+    c = Conv(header())
+    c.irq()
+    assert c.check() == {"nic_irq_cpl": 1}
+
+
+def test_every_interrupt_needs_news_of_its_own():
+    c = Conv(header())
+    c.tx_frame(0)
+    c.irq()
+    c.irq()
+    assert c.check() == {"nic_irq_cpl": 1}
+
+
+def test_completion_record_in_the_wrong_slot_of_the_completion_ring():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    c.tx_data(TX_BUF, 256)
+    c.record("tx", 0, 256, slot=3)
+    assert c.check() == {"nic_cpl_order": 1}
+
+
+def test_without_completion_rings_the_record_index_is_trusted():
+    c = Conv(header(cpl_rings=False))
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    c.tx_data(TX_BUF, 256)
+    assert c.check() == {}   # records cannot be placed without the ring; the data chain still holds
+
+
+def _stalled_read(c, wait_ps):
+    """A data read that stays unanswered for wait_ps, then an interrupt with no record before it."""
+    c.tx_frame(0)
+    c.irq()
+    c.doorbell("tx", 2)
+    c.fetch("tx", 1, [(TX_BUF + 2048, 256)])
+    tag = c.read(TX_BUF + 2048, 256, SemClass.DATA_READ)
+    t_read = c.t
+    c.t = t_read + wait_ps - 20_000
+    c.irq(dt=20_000)
+    return tag
+
+
+@pytest.mark.parametrize("late_ps,flagged", [(0, 0), (1, 1)])
+def test_a_completion_after_the_deadline_is_late_and_delivers_nothing(late_ps, flagged):
+    """The device times a read out just after the header's timeout: data arriving later is dropped, so a TX
+    record for the frame then reports data the device never received."""
+    h = header(timeout_ns=20_000.0)
+    c = Conv(h)
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    tag = c.read(TX_BUF, 256, SemClass.DATA_READ)
+    t_read = c.t
+    c.t = t_read + int(h.cpl_timeout_ns * 1000) + late_ps - 10_000
+    c.complete(tag, bytes(256), dt=10_000)
+    c.record("tx", 0, 256)
+    assert c.check().get("nic_cpl_data", 0) == flagged
+
+
+def test_interrupt_with_a_read_well_inside_its_deadline_is_flagged():
+    h = header(timeout_ns=20_000.0)
+    c = Conv(h)
+    timeout = int(h.cpl_timeout_ns * 1000)
+    margin = 1_000_000 + timeout // 100
+    _stalled_read(c, timeout - margin - 1)
+    assert c.check().get("nic_irq_cpl") == 1
+
+
+def test_interrupt_at_the_margin_before_the_deadline_is_not_flagged():
+    h = header(timeout_ns=20_000.0)
+    c = Conv(h)
+    timeout = int(h.cpl_timeout_ns * 1000)
+    margin = 1_000_000 + timeout // 100
+    _stalled_read(c, timeout - margin)
+    assert c.check().get("nic_irq_cpl", 0) == 0
+
+
+def test_error_completion_is_an_event_too():
+    c = Conv(header())
+    c.tx_frame(0)
+    c.irq()
+    c.doorbell("tx", 2)
+    c.fetch("tx", 1, [(TX_BUF + 2048, 256)])
+    tag = c.read(TX_BUF + 2048, 256, SemClass.DATA_READ)
+    c.complete(tag, bytes(256), status=CplStatus.UR)
+    c.irq()
+    assert c.check() == {}
+
+
+def _quarantine(c, n, timeout_ps):
+    """n data reads of the TX queue that time out (tags left quarantined), then the queue's doorbell rung."""
+    c.tx_frame(0)
+    c.irq()
+    for k in range(n):
+        c.read(TX_BUF + 4096 + 64 * k, 64, SemClass.DATA_READ)
+    c.t += timeout_ps + 2_000_000
+    c.irq()          # the timeouts: errors, announced
+    c.doorbell("tx", 1)
+    c.irq()          # legal only if the doorbell met an exhausted queue (an error interrupt)
+
+
+@pytest.mark.parametrize("n,flagged", [(15, 1), (16, 0)])
+def test_doorbell_on_a_queue_with_half_its_tags_quarantined_is_an_error(n, flagged):
+    """5-bit tags: 16 quarantined tags exhaust a queue; ringing its doorbell then raises an error interrupt."""
+    h = header(tag_width=5)
+    c = Conv(h)
+    _quarantine(c, n, int(h.cpl_timeout_ns * 1000))
+    assert c.check().get("nic_irq_cpl", 0) == flagged
+
+
+def test_late_completion_frees_a_quarantined_tag():
+    h = header(tag_width=5)
+    c = Conv(h)
+    c.tx_frame(0)
+    c.irq()
+    tags = [c.read(TX_BUF + 4096 + 64 * k, 64, SemClass.DATA_READ) for k in range(16)]
+    c.t += int(h.cpl_timeout_ns * 1000) + 2_000_000
+    c.irq()
+    c.complete(tags[0], bytes(64), dt=10_000)   # late: frees its tag (15 quarantined: not exhausted)
+    c.doorbell("tx", 1)
+    c.irq()
+    assert c.check(nic_rules=True).get("nic_irq_cpl", 0) == 1
+
+
+@pytest.mark.parametrize("hold_us,flagged", [(3.0, 1), (30.0, 0)])
+def test_queue_reset_releases_quarantined_tags_older_than_the_hold(hold_us, flagged):
+    """After a queue reset the device frees quarantined tags held longer than REG_TAG_HOLD (header tag_hold_ns)."""
+    h = header(tag_width=5, tag_hold_ns=hold_us * 1000)
+    c = Conv(h)
+    c.tx_frame(0)
+    c.irq()
+    for k in range(16):
+        c.read(TX_BUF + 4096 + 64 * k, 64, SemClass.DATA_READ)
+    c.t += int(h.cpl_timeout_ns * 1000) + 2_000_000   # about 22 us after the reads
+    c.irq()
+    c.host_write(QCTRL["tx"], 0)        # disable: the queue resets, old enough tags are released
+    c.host_write(QCTRL["tx"], 1)
+    c.doorbell("tx", 1)
+    c.irq()                             # an error only if the tags were still held
+    assert c.check().get("nic_irq_cpl", 0) == flagged
+
+
+def test_queue_reset_restarts_fetching_at_entry_zero():
+    c = Conv(header())
+    c.tx_frame(0)
+    c.tx_frame(1)
+    c.host_write(QCTRL["tx"], 0)
+    c.host_write(QCTRL["tx"], 1)
+    c.cpl_slot["tx"] = 0
+    c.tx_frame(0)                       # fetched from 0 again: legal after the reset, not before
+    assert c.check() == {}
+    d = Conv(header())
+    d.tx_frame(0)
+    d.tx_frame(1)
+    d.tx_frame(0)
+    assert d.check().get("nic_desc_doorbell") == 1
+
+
+def test_rx_queue_control_resets_only_the_rx_queue():
+    c = Conv(header())
+    c.tx_frame(0)
+    c.host_write(QCTRL["rx"], 0)
+    c.tx_frame(0)                       # the TX queue was not reset: fetching 0 again is not what it was told
+    assert c.check().get("nic_desc_doorbell") == 1
