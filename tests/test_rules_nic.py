@@ -307,3 +307,68 @@ def test_rx_queue_control_resets_only_the_rx_queue():
     c.host_write(QCTRL["rx"], 0)
     c.tx_frame(0)                       # the TX queue was not reset: fetching 0 again is not what it was told
     assert c.check().get("nic_desc_doorbell") == 1
+
+
+def test_poisoned_completion_is_an_error_event():
+    c = Conv(header())
+    c.tx_frame(0)
+    c.irq()
+    c.doorbell("tx", 2)
+    c.fetch("tx", 1, [(TX_BUF + 2048, 256)])
+    tag = c.read(TX_BUF + 2048, 256, SemClass.DATA_READ)
+    c.complete(tag, bytes(256)).ep = True
+    c.irq()                              # announces the poisoned data (the device stops the queue)
+    got = c.check()
+    assert got == {}
+
+
+def test_completion_without_data_ends_the_read():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    tag = c.read(TX_BUF, 256, SemClass.DATA_READ)
+    r = c.complete(tag, bytes(256))
+    r.type, r.length, r.payload, r.payload_len = TlpType.Cpl, 0, None, 0   # an SC Cpl: ends the read, no data
+    c.record("tx", 0, 256)
+    assert c.check() == {"nic_cpl_data": 1}
+
+
+@pytest.mark.parametrize("addr", [0x1000, TX_RING + ENTRIES * 16, TX_BUF + 0x10000, RX_CPL + ENTRIES * 16])
+def test_device_requests_outside_every_queue_region_are_not_the_machine_s(addr):
+    """Below all regions, exactly at a region's end, between regions: not a queue's ring or buffer."""
+    c = Conv(header())
+    c.tx_frame(0)
+    c.rx_data(addr, 64)
+    c._add(20_000, dir=Direction.UP, type=TlpType.MWr64, length=4, address=addr, first_be=0xF, last_be=0xF,
+           requester_id=DEV, payload_len=16, payload=bytes(16), cls=SemClass.CPL_WRITE)
+    tag = c.read(addr, 64, SemClass.DESC_READ)
+    c.complete(tag, bytes(64))
+    assert c.check() == {}
+
+
+def test_just_inside_a_region_is_the_queue_s():
+    c = Conv(header())
+    c.tx_frame(0)
+    c.rx_data(RX_BUF + 0x10000 - 64, 64)      # the last bytes of the RX buffers: no descriptor expects them
+    assert c.check() == {"nic_data_desc": 1}
+
+
+def test_a_memory_map_without_rings_skips_the_nic_rules_with_a_note():
+    h = header()
+    h.memory_map = [m for m in h.memory_map if m["kind"] in ("bar", "msix", "tx_data", "rx_data")]
+    c = Conv(h)
+    c.tx_frame(0)
+    c.irq()
+    c.irq()
+    assert c.check() == {}
+    assert any("NIC causality rules not run" in n for n in check_records(h, c.recs).notes)
+
+
+def test_a_queue_missing_from_the_map_is_ignored_the_other_checked():
+    h = header()
+    h.memory_map = [m for m in h.memory_map if not m["kind"].startswith("rx_")]
+    c = Conv(h)
+    c.tx_frame(0)
+    c.rx_data(RX_BUF, 64)                 # no RX queue in the map: not the machine's
+    c.tx_frame(0)                         # TX is still checked: entry 0 fetched again without a reset
+    assert c.check() == {"nic_desc_doorbell": 1, "nic_cpl_order": 1}
