@@ -13,12 +13,15 @@ RTL_SOURCES := $(addprefix rtl/,nic.v nic_cfg.v nic_mmio.v nic_dma_rd.v nic_dma_
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim replay test test-fast regress bench-sim bench-rules bench-realism bench-serving lint clean help serve check-gpu bench-daemon mutmut
+.PHONY: setup sim replay test test-fast regress bench-sim bench-rules bench-realism bench-replay bench-faults bench-serving lint clean help serve check-gpu bench-daemon mutmut
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo|loaded|rcb_split|numa|ideal] [SIM=verilator|icarus] [WIDTH=64|128|256] [HOST=...] [WAVES=1]"
 	@echo "make test          every test (unit + simulation), what CI runs"
 	@echo "make bench-sim     Verilator vs Icarus on one scenario;  make bench-rules   checker throughput"
+	@echo "make replay TRACE=path [TIMING=trace|asap]   replay a trace on the RTL;  make bench-replay  its throughput"
+	@echo "make regress [FAULT=NIC_FAULT_...]  directed + captured + generated stimulus;  make bench-faults  every fault"
+	@echo "make bench-realism realistic vs idealised host (the realism table)"
 	@echo "make bench-serving the README's serving commands, shape-skew targets, speed at 1,000 clients, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
 	@echo "make serve         the OpenAI-compatible daemon on 127.0.0.1:8000 (examples/serve.yaml, sim backend)"
@@ -65,6 +68,12 @@ bench-rules: $(STAMP)
 
 bench-realism: $(STAMP)
 	$(PY) sim_scripts/bench_realism.py
+
+bench-replay: $(STAMP)
+	$(PY) sim_scripts/bench_replay.py
+
+bench-faults: $(STAMP)
+	$(PY) sim_scripts/bench_faults.py --jobs $(JOBS)
 
 bench-serving: $(STAMP)
 	$(PY) sim_scripts/bench_serving.py

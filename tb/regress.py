@@ -147,19 +147,15 @@ def _captured(name: str, work: Path, res: CaseResult, fault, sim, width) -> None
 
 
 def _generated(name: str, work: Path, res: CaseResult, fault, sim, width) -> None:
+    from tb.replay import run_replay
     from tb.stimulus import get_stimulus, make_stimulus
 
     spec = get_stimulus(name)
     trace = make_stimulus(spec, work / "stimulus")
     rpath = work / "replay.json"
-    from tb.replay import ReplayPlan
-
-    ReplayPlan.from_trace(trace, data_width=width)   # refuses a trace the replay could not drive (ReplayError)
-    env = {"REPLAY_TRACE": str(trace), "REPLAY_TIMING": spec.timing, "REPLAY_REPORT": str(rpath),
-           "REPLAY_MODE": "stimulus", "REPLAY_STALL_US": str(spec.stall_us)}
     try:
-        runner.run("replay_trace", sim=sim, data_width=width, module="test_replay", env=env, test_dir=work / "run",
-                   fault=fault)
+        run_replay(str(trace), sim, width, spec.timing, report=str(rpath), mode="stimulus", test_dir=work / "run",
+                   fault=fault, extra_env={"REPLAY_STALL_US": str(spec.stall_us)})
     finally:
         if rpath.exists():
             rep = json.loads(rpath.read_text())

@@ -103,6 +103,7 @@ class ReplayPlan:
     tx_data_whole: bool            # the trace kept whole TX packet data (frames can be compared byte for byte)
     notes: list[str] = field(default_factory=list)
     t0_ps: int = 0                 # trace time of the first re-enacted host event
+    n_records: int = 0             # TLP records in the trace
 
     # -----------------------------------------------------------------------------------------
     @classmethod
@@ -155,6 +156,7 @@ class ReplayPlan:
                 plan.queues[q] = QueuePlan(q, ring[0].base, ring[0].size // DESC_BYTES)
         if "tx" not in plan.queues or "rx" not in plan.queues:
             raise ReplayError(f"{path}: the memory map lacks a TX or RX descriptor ring")
+        plan.n_records = len(recs)
         plan._build(recs)
         if not plan.events:
             raise ReplayError(f"{path}: no host MMIO after enumeration: nothing to re-enact")
@@ -471,3 +473,35 @@ def percentiles(x: list[float]) -> dict[str, float]:
     a = np.abs(np.asarray(x))
     return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
             "mean_signed": float(np.mean(x))}
+
+
+NIC_ID = (0x1234, 0x4E31)
+
+
+def run_replay(trace: str, sim: str = "verilator", width: int = 256, timing: str = "trace", report: str | None = None,
+               capture: str | None = None, mode: str | None = None, test_dir: Path | None = None,
+               fault: str | None = None, extra_env: dict[str, str] | None = None) -> dict:
+    """Validate, run, and return the JSON report (raises ReplayError on a refused trace, SimulationFailed on a
+    failed replay: the report is written either way). ``fault``: replay on the RTL built with a planted fault."""
+    from tb import runner
+    from tb.nic_tb import regmap_fingerprint
+
+    if timing not in ("trace", "asap"):
+        raise ReplayError(f"TIMING must be 'trace' or 'asap', got {timing!r}")
+    ReplayPlan.from_trace(trace, regmap=regmap_fingerprint(), device=NIC_ID, data_width=width)
+    rpath = Path(report) if report else Path(trace).with_name(Path(trace).name.split(".")[0] + f".replay.{sim}.json")
+    if rpath.exists():
+        rpath.unlink()
+    env = {"REPLAY_TRACE": str(Path(trace).resolve()), "REPLAY_TIMING": timing, "REPLAY_REPORT": str(rpath.resolve())}
+    if capture:
+        env["REPLAY_CAPTURE"] = str(Path(capture).resolve())
+    if mode:
+        env["REPLAY_MODE"] = mode
+    env.update(extra_env or {})
+    try:
+        runner.run("replay_trace", sim=sim, data_width=width, module="test_replay", env=env, test_dir=test_dir,
+                   fault=fault)
+    finally:
+        if not rpath.exists():
+            raise runner.SimulationFailed(f"replay of {trace} produced no report (simulator crashed?)")
+    return json.loads(rpath.read_text())

@@ -271,7 +271,7 @@ class Replayer:
         plan = self.plan
         rep = ReplayReport(trace=str(plan.trace), mode=self.mode, timing=self.timing,
                            simulator=os.environ.get("NIC_SIM", ""), data_width=self.tb.data_width,
-                           wall_s=wall, trace_tlps=sum(len(v) for v in plan.expected.values()) + len(plan.events) * 2)
+                           wall_s=wall, trace_tlps=plan.n_records)
         devs = []
         mm = plan.memmap
         for c in DEVICE_CLASSES:

@@ -1,21 +1,16 @@
 """Replay of captured traces on the NIC RTL: 100 % on the same RTL, across simulators, widths and timing modes;
 bad traces refused before simulation; a device that stops answering ends the replay with a timeout report."""
 
-import gzip
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from phantom.trace import TraceHeader, read_trace, write_trace
 from tb.nic_tb import regmap_fingerprint
-from tb.replay import ReplayError, ReplayPlan
+from tb.replay import NIC_ID, ReplayError, ReplayPlan
+from tb.replay import run_replay as replay
 from tb.runner import SimulationFailed, run
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "sim_scripts"))
-from replay import NIC_ID, replay  # noqa: E402
 
 pytestmark = pytest.mark.sim
 

@@ -354,7 +354,7 @@ def _nic(S: Checker, tc: TraceColumns, t, typ, dirs, cls, addr, length, fbe, lbe
     #   data write                         -       bytes     -        address    queue
     #   completion record                  lo      hi        -        address    queue
     #   host write (doorbell, queue ctrl)  lo      hi        -        address    -
-    is_ok, is_rd = ks == _K_CPL_OK, ks == _K_READ
+    is_ok = ks == _K_CPL_OK
     by_payload = (ks == _K_REC) | (ks == _K_MMIO)
     a_s = addr[sel]
     x1 = np.where(by_payload, lo, key)
