@@ -1227,7 +1227,44 @@ class Calibrator:
             if not f.delivered:
                 self._complete_read(f.read, t, "descriptor completion")
             return f
+        g = self._fetch_more(q, t)
+        if g is not None:
+            return g
         return None
+
+    def _fetch_more(self, q: _Queue, t: int) -> _Frame | None:
+        """Data moves for a descriptor the stream never fetched: the fetch it implies (and the doorbell before it,
+        if nothing is posted) is inserted, completed, and its first descriptor used."""
+        if q.posted == q.fetched:
+            free = q.completed + q.entries - 1 - q.posted
+            if free <= 0:
+                free = self._make_room(q)
+            if free <= 0:
+                return None
+            q.posted += min(free, 16)
+            self._host_write(self.doorbell_of[q.name], q.posted % q.entries, self.t_last, SemClass.DOORBELL)
+            self._ins("doorbell")
+        # placed before the record that needs it, at the latest emitted time: the stream's own timing is kept
+        rd = self._insert_desc_read(q, self.t_last, q.posted - q.fetched, "descriptor fetch")
+        self._complete_read(rd, max(self.t_last, t), "descriptor fetch")
+        return rd.frames[0] if rd.frames else None
+
+    def _make_room(self, q: _Queue) -> int:
+        """A full ring whose finished frames wait for completion records the stream does not write: written."""
+        while q.frames:
+            f = q.frames[0]
+            if q.name == "tx":
+                if not (f.closed and f.completed >= f.length and not f.done):
+                    break
+                f.want_cplw = True
+                self._emit_tx_cplw(f, self.t_last, "completion record")
+            else:
+                if f.moved == 0:
+                    break
+                if not f.closed:
+                    self._close_rx(f)
+                self._emit_rx_cplw(f, self.t_last, "completion record")
+        return q.completed + q.entries - 1 - q.posted
 
     def _data_read(self, r: TlpRecord, t: int) -> None:
         self._ensure_init(t)
@@ -1357,6 +1394,8 @@ class Calibrator:
                 continue
             f = g
             break
+        if f is None:
+            f = self._fetch_more(q, t)
         if f is None:
             self._drop("data write without a fetched descriptor")
             return

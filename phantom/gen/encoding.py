@@ -368,9 +368,10 @@ class Encoding:
 
     # ------------------------------------------------------------------------------------------
     def decode(self, header: TraceHeader, tokens: np.ndarray, dt_ps: np.ndarray | None = None,
-               t0_ps: int = 0) -> TraceColumns:
+               t0_ps: int = 0, state: dict | None = None) -> TraceColumns:
         """Records of tokens (N, F) under a header (its memory map places the addresses). Times from ``dt_ps``
-        when given (exact), else from the dt tokens (bin centres). Doorbells get their producer-index payload."""
+        when given (exact), else from the dt tokens (bin centres). Doorbells get their producer-index payload.
+        ``state`` (a dict, updated) carries the producer indices from one chunk of a stream to the next."""
         tok = np.asarray(tokens, dtype=np.int64)
         n = len(tok)
         self.check_tokens(tok)
@@ -405,7 +406,8 @@ class Encoding:
             "ep": tok[:, FI["ep"]].astype(bool), "payload_len": np.where(has_data, length * 4, 0).astype(np.uint32),
             "cls": cls.astype(np.uint8),
         }
-        payloads = self._doorbell_payloads(header, kind, addr, tok[:, FI["post"]])
+        payloads = self._doorbell_payloads(header, kind, addr, tok[:, FI["post"]],
+                                           None if state is None else state.setdefault("prod", {"tx": 0, "rx": 0}))
         present = np.zeros(n, dtype=bool)
         lens = np.zeros(n, dtype=np.int64)
         for i in payloads:
@@ -439,13 +441,13 @@ class Encoding:
         addr[region == int(Region.NONE)] = 0
         return addr
 
-    def _doorbell_payloads(self, h: TraceHeader, kind, addr, post) -> dict[int, bytes]:
+    def _doorbell_payloads(self, h: TraceHeader, kind, addr, post, prod: dict | None = None) -> dict[int, bytes]:
         out: dict[int, bytes] = {}
         if not h.memory_map:
             return out
         q = _QueueTables(h)
         k_db = KIND_INDEX[(_D, Base.MWr, S.DOORBELL)]
-        prod = {"tx": 0, "rx": 0}
+        prod = {"tx": 0, "rx": 0} if prod is None else prod
         for i in np.flatnonzero(kind == k_db).tolist():
             qn = q.doorbell.get(int(addr[i]) & ~3)
             if qn is None:
