@@ -99,27 +99,29 @@ class Priors:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    # Deadlines after which calibration inserts what a stream owes: well past anything a capture shows (1.5 x the
+    # training maximum, with floors for conditions slower than any trained on), far below the completion timeout.
     @property
     def overdue_read_ns(self) -> float:
         """A device read still unanswered this long after it was issued gets its completions inserted."""
-        return max(self.read_latency_ns[-1] if self.read_latency_ns else 1000.0, 200.0) * 1.5
+        return max((self.read_latency_ns[-1] if self.read_latency_ns else 1000.0) * 1.5, 5000.0)
 
     @property
     def overdue_mmio_ns(self) -> float:
-        return max(self.mmio_latency_ns[-1] if self.mmio_latency_ns else 100.0, 50.0) * 2.0
+        return max((self.mmio_latency_ns[-1] if self.mmio_latency_ns else 100.0) * 2.0, 1000.0)
 
     @property
     def overdue_tx_record_ns(self) -> float:
         """A TX frame whose data completed this long ago without a completion record gets one inserted."""
-        return max(self.tx_cplw_gap_ns[-1] if self.tx_cplw_gap_ns else 2000.0, self.overdue_read_ns) * 1.5
+        return max((self.tx_cplw_gap_ns[-1] if self.tx_cplw_gap_ns else 2000.0) * 1.5, 100_000.0)
 
     @property
     def overdue_rx_record_ns(self) -> float:
-        return max(self.rx_cplw_gap_ns[-1] if self.rx_cplw_gap_ns else 100.0, self.overdue_read_ns) * 1.5
+        return max((self.rx_cplw_gap_ns[-1] if self.rx_cplw_gap_ns else 100.0) * 1.5, 20_000.0)
 
     @property
     def overdue_irq_ns(self) -> float:
-        return max(self.irq_wait_ns[-1] if self.irq_wait_ns else 2500.0, self.overdue_read_ns) * 1.5
+        return max((self.irq_wait_ns[-1] if self.irq_wait_ns else 2500.0) * 1.5, 50_000.0)
 
 
 def _sample(qs: list[float], rng: random.Random, default: float) -> float:
@@ -198,8 +200,8 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
                     val = int.from_bytes(r.payload[:4], "little")
                     if msix_base is not None and msix_base <= off < msix_base + 16:
                         msix[off - msix_base] = val
-                    elif not seen_db and off in by_off:
-                        reg_write[by_off[off]] = val
+                    elif off in by_off and by_off[off] not in reg_write:
+                        reg_write[by_off[off]] = val        # the value the driver initialised it with
                 if last_mmio_w is not None and r.t_ps - last_mmio_w < 2e6:
                     mmg.append((r.t_ps - last_mmio_w) / 1000)
                 last_mmio_w = r.t_ps
@@ -400,7 +402,8 @@ class _Frame:
 
 
 class _Read:
-    __slots__ = ("kind", "q", "tag", "t", "addr0", "total", "got", "attr", "tc", "start", "n", "frame", "foff", "frames")
+    __slots__ = ("kind", "q", "tag", "t", "addr0", "total", "got", "attr", "tc", "start", "n", "frame", "foff", "frames",
+                 "early", "src_addr")
 
     def __init__(self, kind, q, tag, t, addr0, total, attr, tc=0, start=0, n=0, frame=None, foff=0):
         self.kind = kind            # "desc" | "data"
@@ -417,6 +420,8 @@ class _Read:
         self.frame = frame          # data: the frame it reads
         self.foff = foff            # data: offset of its first byte in the frame
         self.frames = []            # desc: the frames whose descriptors it fetches
+        self.early = False          # answered by calibration before the stream answered it
+        self.src_addr = None        # the address the stream's request had
 
 
 class _HostReq:
@@ -448,6 +453,7 @@ class _Queue:
         self.frames: deque[_Frame] = deque()   # fetched, completion record not yet written, in ring order
         self.initialised = False
         self.model_prod = 0                     # the stream's own producer index (to read a doorbell's delta)
+        self.credit = 0                         # descriptors posted by inserted doorbells, not yet by the stream
         self.bytes = 0
 
     def buf(self, idx: int) -> int:
@@ -533,6 +539,7 @@ class Calibrator:
         self.finished = False
         self.prev_in_t = None
         self._cur_src = None
+        self.tag_map: dict[int, _Read] = {}   # the stream's tag of a device read -> the read it became
         self._last_host_tag = 0
         self._guarding = False
         timeout_ps = int((header.cpl_timeout_ns or 50e6) * 1000)
@@ -949,8 +956,9 @@ class Calibrator:
                 pl = given
             else:
                 pl = (self._reg_value(hr.reg) if hr.kind == "mmio" else 0).to_bytes(4, "little")
+            bc = request_bytes(1, hr.fbe, 0) if hr.kind == "mmio" else 4   # a memory read: the bytes it asked for
             rec = _R(t, 1, int(TlpType.CplD), 1, 0, 0, 0, hr.tag, self.host_id, self.dev_id,
-                     int(SemClass.COMPLETION), bc=4, la=la, payload=pl, src=src)
+                     int(SemClass.COMPLETION), bc=bc, la=la, payload=pl, src=src)
         rec.attr, rec.tc = hr.attr, hr.tc
         self._emit(rec)
 
@@ -980,7 +988,7 @@ class Calibrator:
 
     def _mmio_read(self, r: TlpRecord, t: int) -> None:
         a = self._snap_reg(r.address)
-        self._host_read(a, t, None, r.tag, self._mine())
+        self._host_read(a, t, None, r.tag, self._mine(), fbe=r.first_be & 0xF or 0xF)
 
     def _mmio_write(self, r: TlpRecord, t: int) -> None:
         a = self._snap_reg(r.address)
@@ -1044,11 +1052,13 @@ class Calibrator:
             q.model_prod = prod
         else:
             delta = 1
+        # descriptors calibration already posted for this stream (an inserted doorbell) are not posted twice
+        used = min(delta, q.credit)
+        q.credit -= used
+        delta -= used
         free = q.completed + q.entries - 1 - q.posted
-        delta = min(delta, free)
-        if delta <= 0:
-            self._drop("doorbell of a full or idle ring")
-            return
+        delta = max(0, min(delta, free))
+        # a doorbell is never dropped: at worst it rewrites the producer index it already holds
         q.posted += delta
         self._host_write(self.doorbell_of[qn], q.posted % q.entries, t, SemClass.DOORBELL, self._mine())
 
@@ -1086,6 +1096,7 @@ class Calibrator:
                 self._drop("descriptor read of a full ring")
                 return
             q.posted += min(free, want)
+            q.credit += min(free, want)
             self._host_write(self.doorbell_of[q.name], q.posted % q.entries, t, SemClass.DOORBELL)
             self._ins("doorbell")
         self._issue_desc_read(q, t, want, r.tag, self._attr(r.attr), self._mine())
@@ -1100,10 +1111,13 @@ class Calibrator:
         a = q.ring_base + start * DESC_BYTES
         n = min(want, avail, q.entries - start, self.mrrs // DESC_BYTES, (4096 - (a & 0xFFF)) // DESC_BYTES)
         n = max(n, 1)
+        in_tag = tag
         tag = self._dev_tag(tag, t)
         ty = TlpType.MRd64 if a >= 1 << 32 else TlpType.MRd32
         rec = _R(t, 1, int(ty), n * 4, a, 0xF, 0xF, tag, self.dev_id, 0, int(SemClass.DESC_READ), attr=attr, src=src)
         rd = _Read("desc", q, tag, t, a, n * DESC_BYTES, attr, start=q.fetched, n=n)
+        if src is not None:
+            self.tag_map[in_tag] = rd
         self.dev_reads[tag] = rd
         for k in range(n):
             idx = q.fetched + k
@@ -1194,6 +1208,8 @@ class Calibrator:
     def _complete_read(self, rd: _Read, t: int, why: str | None) -> None:
         """Insert every completion a read still owes (largest legal pieces, spaced as the host spaces them)."""
         t = max(t, self.t_last)
+        if why in ("late completion", "tags exhausted"):
+            rd.early = True
         gap = int(self.p.cpl_gap_ns * 1000)
         first = True
         while rd.tag in self.dev_reads and self.dev_reads[rd.tag] is rd:
@@ -1204,7 +1220,15 @@ class Calibrator:
             self._safe_point()
 
     def _cpl_down(self, r: TlpRecord, t: int) -> None:
-        rd = self.dev_reads.get(r.tag)
+        rd = self.tag_map.get(r.tag)
+        if rd is not None and self.dev_reads.get(rd.tag) is not rd:
+            if rd.early:
+                # the stream answers, late, a read calibration has already answered: nothing left to carry
+                self._drop("completion of a read already answered")
+                return
+            rd = None
+        if rd is None:
+            rd = self.dev_reads.get(r.tag)
         if rd is None:
             rd = next(iter(self.dev_reads.values()), None)
         if rd is None:
@@ -1242,6 +1266,7 @@ class Calibrator:
             if free <= 0:
                 return None
             q.posted += min(free, 16)
+            q.credit += min(free, 16)
             self._host_write(self.doorbell_of[q.name], q.posted % q.entries, self.t_last, SemClass.DOORBELL)
             self._ins("doorbell")
         # placed before the record that needs it, at the latest emitted time: the stream's own timing is kept
@@ -1270,6 +1295,11 @@ class Calibrator:
         self._ensure_init(t)
         t = max(t, self.t_last)
         q = self.q["tx"]
+        prev = self.tag_map.get(r.tag)
+        if prev is not None and self.dev_reads.get(prev.tag) is prev and prev.kind == "data" \
+                and prev.src_addr == r.address:
+            self._drop("duplicate request")   # the same read again while the first is outstanding
+            return
         model_off = (r.address - q.data_base) % q.stride if q.stride else 0
         f = self._tx_frame_for_data(t, model_off)
         if f is None:
@@ -1293,10 +1323,14 @@ class Calibrator:
             fbe, lbe = (1 << n) - 1, 0
         else:
             fbe, lbe = 0xF, (1 << (n - 4 * (dw - 1))) - 1
+        in_tag = tag
         tag = self._dev_tag(tag, t)
         ty = TlpType.MRd64 if a >= 1 << 32 else TlpType.MRd32
         rec = _R(t, 1, int(ty), dw, a, fbe, lbe, tag, self.dev_id, 0, int(SemClass.DATA_READ), attr=attr, src=src)
         rd = _Read("data", q, tag, t, a, n, attr, frame=f, foff=f.moved)
+        if src is not None:
+            self.tag_map[in_tag] = rd
+            rd.src_addr = src[0].address
         self.dev_reads[tag] = rd
         f.moved += n
         self._emit(rec)

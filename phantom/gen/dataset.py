@@ -94,7 +94,7 @@ def build(items: list[str | os.PathLike], out: str | os.PathLike, config: Datase
     config = config or DatasetConfig()
     files = trace_files(items)
     loaded: list[tuple[Path, TraceColumns, list]] = []
-    for f in tqdm(files, desc="reading traces", unit="trace", disable=not progress):
+    for f in tqdm(files, desc="reading traces", unit="trace", disable=None if progress else True):
         tc = load_any_columns(f)
         h = tc.header
         if not h.memory_map:
@@ -125,7 +125,8 @@ def build(items: list[str | os.PathLike], out: str | os.PathLike, config: Datase
         else:
             d["split"] = "test_unseen"
     toks, dts, starts = [], [], [0]
-    for (f, tc, _), d in tqdm(list(zip(loaded, info)), desc="encoding", unit="trace", disable=not progress):
+    for (f, tc, _), d in tqdm(list(zip(loaded, info)), desc="encoding", unit="trace",
+                              disable=None if progress else True):
         try:
             tok, dt = enc.encode(tc)
         except EncodingError as e:

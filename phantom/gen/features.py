@@ -126,7 +126,8 @@ def train_extractor(dataset: str | os.PathLike, out: str | os.PathLike, cfg: Fea
                 torch.tensor(ys, dtype=torch.long))
 
     t0 = time.time()
-    for step in tqdm(range(cfg.steps), desc="feature extractor", unit="step", disable=not progress):
+    for step in tqdm(range(cfg.steps), desc="feature extractor", unit="step",
+                     disable=None if progress else True):
         tok, dti, y = batch(tr, cfg.batch)
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / 50) * (0.1 + 0.9 * (1 - step / cfg.steps))

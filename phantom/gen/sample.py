@@ -144,6 +144,7 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
     kw: dict[str, Any] = {"device": device, "constrained": cfg.constrained, "batch": cfg.batch}
     if impl.name.value == "transformer":
         kw["header_for"] = lambda c: header_for(ck, c, impl.name.value)
+        kw["ids"] = (ck["priors"].get("host_id", 0), ck["priors"].get("device_id", 0x100))
     sampler = impl.sampler(model, enc, space, **kw)
     mac = None
     cal = None
@@ -162,7 +163,7 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
     t_last = 0
     done = 0
     bar = tqdm(total=cfg.tlps, desc=f"generate {impl.name.value}", unit="TLP", unit_scale=True,
-               disable=not cfg.progress, mininterval=1.0)
+               disable=None if cfg.progress else True, mininterval=1.0)
     try:
         for tok, dt in sampler.chunks(cfg.tlps, cond, cfg.seed):
             tc = enc.decode(header, tok, dt, t0_ps=t_last, state=state)

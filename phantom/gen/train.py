@@ -284,7 +284,7 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, 
     t0 = time.time()
     elapsed0 = history[-1]["elapsed_s"] if history else 0.0
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {impl.name.value}", unit="step",
-               disable=not progress or dd.rank != 0)
+               disable=None if progress and dd.rank == 0 else True)
     model.train()
     loss_sum, loss_n = 0.0, 0
     while step < cfg.steps:

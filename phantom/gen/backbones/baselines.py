@@ -123,7 +123,7 @@ class IidSampler:
         rng = np.random.default_rng(seed)
         done = 0
         while done < n:
-            k = min(65536, n - done)
+            k = min(16384, n - done)
             tok = np.stack([rng.choice(len(p), size=k, p=p) for p in m.probs[gi]], 1)
             q = m.dtq[gi]
             dt = np.interp(rng.random(k) * (len(q) - 1), np.arange(len(q)), q)
@@ -234,7 +234,7 @@ class StitchSampler:
             buf_d.append(dt[q[a]:q[a] + take].astype(np.float64))
             size += take
             done += take
-            if size >= 65536 or done >= n:
+            if size >= 16384 or done >= n:
                 yield np.concatenate(buf_t), np.concatenate(buf_d)
                 buf_t, buf_d, size = [], [], 0
 

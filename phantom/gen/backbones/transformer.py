@@ -229,9 +229,12 @@ _REGION_FOR_CLS = {
 class Legality:
     """What may come next in one generated stream: outstanding requests of both sides and the link's limits."""
 
-    def __init__(self, enc: Encoding, header: TraceHeader, limits: LinkLimits):
+    def __init__(self, enc: Encoding, header: TraceHeader, limits: LinkLimits, ids: tuple[int, int] = (0, 0x100)):
         self.enc = enc
         self.lim = limits
+        # requester / completer IDs as indices of the encoding's table: the root port's and the device's
+        self.host_i = enc.ids.index(ids[0]) if ids[0] in enc.ids else 0
+        self.dev_i = enc.ids.index(ids[1]) if ids[1] in enc.ids else len(enc.ids) - 1
         self.V = enc.vocab
         self.dev: dict[tuple[int, int], list] = {}    # (rid, tag) -> [remaining bytes, next byte address, attr, tc]
         self.host: dict[tuple[int, int], list] = {}   # (rid, tag) -> [kind, lower address, attr, tc]
@@ -249,6 +252,9 @@ class Legality:
                 self.ok_kind[i] = False         # a memory read is answered with data
         self.attr_up = (2 if header.relaxed_ordering else 0) | (1 if header.no_snoop else 0)
         self.rcb = limits.rcb
+        self.timeout_ps = (header.cpl_timeout_ns or 50e6) * 1000.0
+        self.now = 0.0                                   # stream time (ps), from the dt values generated
+        self.dt_values = token_to_dt(np.arange(self.V[FI["dt"]])) * 1.05   # upper edge of each bin
 
     # masks over the full values of one field, given the fields already chosen (``r``: field index -> value)
     def mask(self, j: int, r: dict[int, int]) -> np.ndarray | None:
@@ -264,6 +270,15 @@ class Legality:
                         ok = True
                         break
                 m[i] = m[i] and ok
+            return m
+        if j == FI["dt"]:
+            # no gap so long that an outstanding request would pass its completion timeout
+            ages = [st[-1] for st in self.dev.values()] + [st[-1] for st in self.host.values()]
+            if not ages:
+                return None
+            budget = 0.8 * self.timeout_ps - (self.now - min(ages))
+            m = self.dt_values <= budget
+            m[0] = True
             return m
         k = r[FI["kind"]]
         d, b, c = int(_K_DIR[k]), int(_K_BASE[k]), int(_K_CLS[k])
@@ -367,8 +382,6 @@ class Legality:
             m = np.zeros(V, dtype=bool)
             if not is_cpl:
                 m[0] = True
-            elif d == _UP:
-                m[4] = True
             elif bound is not None:
                 m[min(bound[0], V - 1)] = True
             else:
@@ -410,11 +423,21 @@ class Legality:
                 return m
             return None
         if j == FI["rid"]:
-            if is_cpl and bound is not None:
-                m = np.zeros(V, dtype=bool)
-                m[bound[4]] = True
-                return m
-            return None
+            m = np.zeros(V, dtype=bool)
+            if is_cpl:
+                m[bound[4] if bound is not None else (self.dev_i if d == _DOWN else self.host_i)] = True
+            else:
+                m[self.host_i if d == _DOWN else self.dev_i] = True   # who sends a request is its requester
+            return m
+        if j == FI["cid"]:
+            m = np.zeros(V, dtype=bool)
+            if is_cpl:
+                m[self.host_i if d == _DOWN else self.dev_i] = True   # who answers is the completer
+            elif c == SemClass.CONFIG:
+                m[self.dev_i] = True
+            else:
+                m[self.host_i] = True
+            return m
         return None
 
     def _bound(self, r: dict[int, int]):
@@ -427,7 +450,7 @@ class Legality:
             if t == tag:
                 if d == _DOWN:
                     return st[0], st[1], st[2], st[3], rid
-                return 4, st[1], st[2], st[3], rid
+                return st[5], st[1], st[2], st[3], rid
         return None
 
     def _cpl_lengths(self, bound) -> list[int]:
@@ -447,6 +470,7 @@ class Legality:
 
     def update(self, rec: np.ndarray) -> None:
         """A record was generated (field values, full)."""
+        self.now += float(token_to_dt(np.array([rec[FI["dt"]]]))[0])
         k = int(rec[FI["kind"]])
         d, b, c = int(_K_DIR[k]), int(_K_BASE[k]), int(_K_CLS[k])
         tag, rid = int(rec[FI["tag"]]), int(rec[FI["rid"]])
@@ -471,11 +495,13 @@ class Legality:
         fbe, lbe, L = int(rec[FI["first_be"]]), int(rec[FI["last_be"]]), int(rec[FI["length"]])
         if d == _UP and b == Base.MRd:
             lead = next((i for i in range(4) if fbe >> i & 1), 0)
-            self.dev[(rid, tag)] = [request_bytes(max(L, 1), fbe, lbe), addr + lead, attr, tc]
+            self.dev[(rid, tag)] = [request_bytes(max(L, 1), fbe, lbe), addr + lead, attr, tc, self.now]
         elif d == _DOWN and b in (Base.MRd, Base.CfgRd0, Base.CfgWr0):
             kind = "mmio" if b == Base.MRd else ("cfgwr" if b == Base.CfgWr0 else "cfgrd")
             la = (addr + next((i for i in range(4) if fbe >> i & 1), 0)) & 0x7F if b == Base.MRd else 0
-            self.host[(rid, tag)] = [kind, la, attr, tc]
+            # a memory read is owed the bytes its enables ask for; configuration requests 4 (2.2.9)
+            bc = request_bytes(1, fbe, 0) if b == Base.MRd else 4
+            self.host[(rid, tag)] = [kind, la, attr, tc, self.now, bc]
 
 
 def _digit_masks(m: np.ndarray, nsub: int, digit: int, hi_val: int | None = None):
@@ -496,7 +522,8 @@ def _digit_masks(m: np.ndarray, nsub: int, digit: int, hi_val: int | None = None
 
 class TransformerSampler:
     def __init__(self, model: TraceGPT, space: ConditionSpace, device: str, constrained: bool, batch: int | None,
-                 header_for=None):
+                 header_for=None, ids: tuple[int, int] = (0, 0x100)):
+        self.ids = ids
         self.m = model.to(device).eval()
         self.space = space
         self.device = device
@@ -514,7 +541,7 @@ class TransformerSampler:
         c = torch.from_numpy(self.space.vector(cond)).to(self.device).expand(B, -1)
         F = len(m.enc.fields)
         header = self.header_for(cond) if self.header_for is not None else None
-        legal = [Legality(m.enc, header, LinkLimits.of(cond.link)) for _ in range(B)] \
+        legal = [Legality(m.enc, header, LinkLimits.of(cond.link), self.ids) for _ in range(B)] \
             if self.constrained and header is not None else None
         out = np.zeros((B, per, F), dtype=np.int64)
         hist = torch.zeros(B, 0, len(dg.subs), dtype=torch.long, device=self.device)
@@ -602,8 +629,8 @@ class TransformerBackbone(BackboneImpl):
         return model(tokens, cond)
 
     def sampler(self, model, encoding, space, *, device="cpu", constrained=True, batch=None,
-                header_for=None) -> TransformerSampler:
-        return TransformerSampler(model, space, device, constrained, batch, header_for)
+                header_for=None, ids=(0, 0x100)) -> TransformerSampler:
+        return TransformerSampler(model, space, device, constrained, batch, header_for, ids)
 
 
 _ = (math, STATUS_CODES)
