@@ -1,4 +1,4 @@
-"""python -m phantom check|stats|convert|rules: the trace toolkit's command line."""
+"""python -m phantom check|stats|convert|rules|dataset|train|generate|evaluate|features: the trace toolkit's command line."""
 
 from __future__ import annotations
 
@@ -44,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("src")
     v.add_argument("dst")
     sub.add_parser("rules", help="list the rules: id, severity, spec section, the sentence each enforces")
+    from phantom.gen import cli as gen_cli
+
+    gen_cli.add_parsers(sub)
     args = ap.parse_args(argv)
+    if args.cmd in gen_cli.COMMANDS:
+        return gen_cli.run(args)
     try:
         if args.cmd == "check":
             if args.first < 0:
