@@ -13,7 +13,7 @@ RTL_SOURCES := $(addprefix rtl/,nic.v nic_cfg.v nic_mmio.v nic_dma_rd.v nic_dma_
 export PYTHONPATH := $(CURDIR)
 export PYTHONWARNINGS := ignore::DeprecationWarning
 
-.PHONY: setup sim replay test test-fast regress bench-sim bench-rules bench-realism bench-replay bench-faults bench-serving lint clean help serve check-gpu bench-daemon mutmut
+.PHONY: setup sim replay test test-fast regress traces phantom-models bench-phantom bench-sim bench-rules bench-realism bench-replay bench-faults bench-serving lint clean help serve check-gpu bench-daemon mutmut
 
 help:
 	@echo "make sim [SCENARIO=mixed|tx_heavy|rx_heavy|small|jumbo|loaded|rcb_split|numa|ideal] [SIM=verilator|icarus] [WIDTH=64|128|256] [HOST=...] [WAVES=1]"
@@ -22,6 +22,8 @@ help:
 	@echo "make replay TRACE=path [TIMING=trace|asap]   replay a trace on the RTL;  make bench-replay  its throughput"
 	@echo "make regress [FAULT=NIC_FAULT_...]  directed + captured + generated stimulus;  make bench-faults  every fault"
 	@echo "make bench-realism realistic vs idealised host (the realism table)"
+	@echo "make traces        Phantom's captures (scenarios x link sets x seeds);  make phantom-models  the shipped models"
+	@echo "make bench-phantom Phantom's targets: every backbone alone / calibrated vs held-out runs, speed"
 	@echo "make bench-serving the README's serving commands, shape-skew targets, speed at 1,000 clients, A10G calibration"
 	@echo "make lint          verilator --lint-only -Wall on rtl/"
 	@echo "make serve         the OpenAI-compatible daemon on 127.0.0.1:8000 (examples/serve.yaml, sim backend)"
@@ -59,6 +61,21 @@ test-fast: $(STAMP)
 # the regression: directed tests, captured scenarios, Phantom-generated stimulus (FAULT=NIC_FAULT_...: on faulty RTL)
 regress: $(STAMP)
 	$(PY) sim_scripts/regress.py --jobs $(JOBS) --sim $(SIM) --width $(WIDTH) $(if $(FAULT),--fault $(FAULT),) $(if $(KINDS),--kinds $(KINDS),)
+
+# Phantom (issue 9): captures, the shipped models (data/phantom/), the benchmark of docs/phantom.md
+PHANTOM := build/phantom
+traces: $(STAMP)
+	$(PY) sim_scripts/make_traces.py --jobs $(JOBS)
+
+phantom-models: traces
+	$(PY) -m phantom dataset traces/phantom --out $(PHANTOM)/dataset
+	$(PY) -m phantom features --dataset $(PHANTOM)/dataset --out data/phantom/features.pt
+	$(PY) -m phantom train --dataset $(PHANTOM)/dataset --backbone image --out $(PHANTOM)/image.pt
+	$(PY) -m phantom export --ckpt $(PHANTOM)/image.pt --out data/phantom/regress.pt \
+	  --command "make phantom-models: python -m phantom train --dataset $(PHANTOM)/dataset --backbone image"
+
+bench-phantom: traces
+	$(PY) sim_scripts/bench_phantom.py --work $(PHANTOM)
 
 bench-sim: $(STAMP)
 	$(PY) sim_scripts/bench_sim.py --scenario $(SCENARIO) $(if $(FRAMES),--frames $(FRAMES),)

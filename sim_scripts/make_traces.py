@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated scenario names")
     ap.add_argument("--frames-scale", type=float, default=1.0, help="scale every scenario's frame count")
     ap.add_argument("--force", action="store_true", help="recapture even when a capture exists")
+    ap.add_argument("--jobs", type=int, default=2, help="captures run at once (default 2)")
     args = ap.parse_args(argv)
     try:
         scen = [get_scenario(s.strip()).name for s in args.scenarios.split(",") if s.strip()]
@@ -119,28 +120,43 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, KeyError, TypeError):
             old = {}
     caps = plan(scen, TRAIN_SEEDS, HELDOUT_SEEDS, args.frames_scale)
-    entries = []
+    entries: dict[str, dict] = {}
     t0 = time.time()
-    bar = tqdm(caps, desc="captures", unit="trace")
-    for c in bar:
-        bar.set_postfix_str(c.name)
+    todo = []
+    for c in caps:
         trace = out / f"{c.name}.jsonl.gz"
         prev = old.get(c.name)
         if prev and prev.get("condition") == asdict(c) and trace.exists() and sha256(trace) == prev.get("sha256"):
-            entries.append(prev)
-            continue
-        try:
-            capture(c, out)
-        except runner.SimulationFailed as e:
-            print(f"error: capture {c.name} failed: {e}", file=sys.stderr)
-            return 1
+            entries[c.name] = prev
+        else:
+            todo.append(c)
+
+    def one(c: Capture) -> dict:
+        trace = capture(c, out)
         rep = check_file(trace)
         if not rep.ok:
-            print(f"error: capture {c.name} has {rep.errors} rule violations:\n{rep.format()}", file=sys.stderr)
-            return 1
-        entries.append({"name": c.name, "file": trace.name, "condition": asdict(c), "tlps": rep.total,
-                        "sha256": sha256(trace)})
-        man_path.write_text(json.dumps({"captures": entries}, indent=1))  # progress survives an interrupt
+            raise runner.SimulationFailed(f"capture {c.name} has {rep.errors} rule violations:\n{rep.format()}")
+        return {"name": c.name, "file": trace.name, "condition": asdict(c), "tlps": rep.total, "sha256": sha256(trace)}
+
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool, tqdm(total=len(caps), initial=len(entries), desc="captures",
+                                                           unit="trace") as bar:
+        futs = {pool.submit(one, c): c for c in todo}
+        for fut in as_completed(futs):
+            c = futs[fut]
+            try:
+                entries[c.name] = fut.result()
+            except runner.SimulationFailed as e:
+                for f in futs:
+                    f.cancel()
+                print(f"error: capture {c.name} failed: {e}", file=sys.stderr)
+                return 1
+            bar.update(1)
+            bar.set_postfix_str(c.name)
+            # progress survives an interrupt
+            man_path.write_text(json.dumps({"captures": [entries[k] for k in sorted(entries)]}, indent=1))
+    entries = [entries[c.name] for c in caps]
     fp = hashlib.sha256("".join(sorted(e["sha256"] for e in entries)).encode()).hexdigest()[:16]
     man_path.write_text(json.dumps({"fingerprint": fp, "captures": entries, "train_seeds": list(TRAIN_SEEDS),
                                     "heldout_seeds": list(HELDOUT_SEEDS)}, indent=1))

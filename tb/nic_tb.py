@@ -223,6 +223,7 @@ class TB:
                        packet_payload_keep=self.link.packet_payload_keep,
                        link_source=lambda: link_params(self.rc, self.dev))
         self.tap.keep_in_memory = keep_records and trace_path is None
+        self.tap.watch_refused(self.dev)
         self.tracer = self.tap  # the name older tests use
         self.mac: MacWriter | None = None
         if trace_path is not None:

@@ -86,7 +86,8 @@ def get_stimulus(name: str) -> Stimulus:
 def make_stimulus(spec: Stimulus, out_dir: Path, checkpoint: Path = CHECKPOINT) -> Path:
     """Generate and calibrate the stimulus trace (``out_dir/<name>.jsonl.gz`` + MAC sidecar); returns its path."""
     from phantom.gen.condition import HostSetup
-    from phantom.gen.sample import GenerateConfig, generate, load_checkpoint, resolve_condition
+    from phantom.gen.sample import GenerateConfig, generate, resolve_condition
+    from phantom.gen.train import load_checkpoint
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

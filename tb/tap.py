@@ -109,8 +109,24 @@ class Tap:
         self.on_commit: list[Callable[[TraceHeader], None]] = []
         self.seq = 0
         self._req_cls: dict[tuple[int, int, int], SemClass] = {}  # (direction of request, rid, tag) -> class
+        self.refused = 0                          # device TLPs the PCIe model refused to put on the link
         self._wrap(dev_port, Direction.DOWN)
         self._wrap(rc_port, Direction.UP)
+
+    def watch_refused(self, device) -> None:
+        """Record a TLP the device sends that cocotbext-pcie's own validation refuses (``Tlp.check()``: e.g. a
+        request across a 4 KB boundary) before the model's assertion ends the test: it never reaches the link,
+        so without this the trace and the live checkers would not show the one TLP that explains the failure.
+        It is recorded at the time it was sent (the link delay earlier than an arrival time)."""
+        orig = device.upstream_send
+
+        async def upstream_send(tlp, _orig=orig):
+            if not tlp.check():
+                self.refused += 1
+                self._record(tlp, Direction.UP)
+            await _orig(tlp)
+
+        device.upstream_send = upstream_send
 
     # configuration ---------------------------------------------------------------------------
     def set_memory_map(self, regions: list[Region]) -> None:
@@ -239,5 +255,8 @@ def attach(rc, device, path=None, *, memory_map: list[Region] | None = None, hea
     rc_port = dev_port.other
     if rc_port is None:
         raise ValueError("attach(): the device is not connected yet (call rc.make_port().connect(dev) first)")
-    return Tap(rc_port, dev_port, path, header=header, packet_payload_keep=packet_payload_keep,
-               memory_map=memory_map, link_source=lambda: link_params(rc, device), buffer_limit=buffer_limit)
+    tap = Tap(rc_port, dev_port, path, header=header, packet_payload_keep=packet_payload_keep,
+              memory_map=memory_map, link_source=lambda: link_params(rc, device), buffer_limit=buffer_limit)
+    if callable(getattr(device, "upstream_send", None)):
+        tap.watch_refused(device)
+    return tap

@@ -78,3 +78,38 @@ async def tap_sees_the_config_write_artefact(dut):
     """Without the fix the checker names cocotbext-pcie's config-write completions, and nothing else."""
     tap, rep = await second_device(fix_cfg_writes=False)
     assert rep.violated() == {"cpl_byte_count"} and rep.counts["cpl_byte_count"] >= 5, rep.format()
+
+
+@cocotb.test()
+async def tap_records_a_refused_tlp(dut):
+    """A device TLP that cocotbext-pcie's own validation refuses (a read across 4 KB) is in the trace and the live
+    check before the model's assertion ends the run (the planted 4 KB fault of the NIC fails this way)."""
+    from cocotbext.pcie.core.tlp import Tlp, TlpType as PcieTlpType
+
+    rc = RootComplex()
+    ep = DmaEndpoint()
+    dev = Device(ep)
+    rc.make_port().connect(dev)
+    tap = attach(rc, dev, os.environ["TAP_TRACE"])
+    chk = tap.add_checker()
+    await rc.enumerate()
+    fn = rc.find_device(ep.pcie_id)
+    await fn.enable_device()
+    await fn.set_master()
+    host_addr, _ = rc.alloc_region(16 * 1024)
+    tap.set_memory_map([Region(host_addr, 16 * 1024, RegionKind.TX_DATA)])
+    tap.commit(scenario="tap-refused")
+    tlp = Tlp()
+    tlp.fmt_type = PcieTlpType.MEM_READ_64
+    tlp.requester_id = ep.pcie_id
+    tlp.tag = 3
+    tlp.set_addr_be(host_addr + 4000, 256)
+    refused = False
+    try:
+        await dev.upstream_send(tlp)
+    except AssertionError:
+        refused = True
+    tap.close()
+    assert refused and tap.refused == 1
+    rep = chk.report()
+    assert rep.counts.get("mem_4kb") == 1, rep.format()

@@ -119,6 +119,53 @@ def test_generation_is_deterministic(ckpts, tmp_path):
         assert a.records == c.records
 
 
+# host set-up (the regression's stimulus) -----------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["image", "stitch"])
+def test_host_setup_is_applied(ckpts, tmp_path, backbone):
+    """Pinned registers written before any queue runs and never rewritten otherwise, buffers offset in their slots,
+    the host model in the header; still legal and replayable."""
+    import struct
+
+    from phantom.gen.condition import HostSetup
+    from phantom.memmap import MemoryMap, RegionKind
+    from phantom.trace import Direction, SemClass
+
+    ck = load_checkpoint(ckpts[backbone])
+    model = {"name": "test-host", "cpl_buffer": 16}
+    host = HostSetup(model=model, registers={"REG_IRQ_COAL_COUNT": 1, "REG_DMA_CREDITS": 16 | 160 << 16},
+                     buffer_offset=4096 - 200)
+    out = tmp_path / "host.jsonl.gz"
+    generate(ck, out, resolve_condition(ck, "mixed"), GenerateConfig(tlps=1500, seed=2, progress=False), host=host)
+    assert check_file(out).ok and check_host_side(out) == []
+    h, recs = read_trace(out)
+    assert h.host["model"] == model and h.extra["generated"]["host_setup"]["buffer_offset"] == 3896
+    regs = {v: k for k, v in h.device["registers"].items()}
+    mm = MemoryMap.from_json(h.memory_map)
+    bar = mm.of_kind(RegionKind.BAR)[0].base
+    writes = [(regs.get(r.address - bar), int.from_bytes(r.payload[:4], "little"), i) for i, r in enumerate(recs)
+              if r.dir == Direction.DOWN and r.cls == SemClass.MMIO_WRITE and r.payload]
+    first_dma = next(i for i, r in enumerate(recs) if r.dir == Direction.UP and r.cls == SemClass.DESC_READ)
+    credits = [(v, i) for n, v, i in writes if n == "REG_DMA_CREDITS"]
+    assert credits and all(v == 16 | 160 << 16 for v, _ in credits) and credits[0][1] < first_dma
+    coal = [v for n, v, _ in writes if n == "REG_IRQ_COAL_COUNT"]
+    assert coal and set(coal) == {1}
+    bufs = []
+    for r in recs:
+        if r.dir == Direction.DOWN and r.type.is_completion and r.payload and len(r.payload) % 16 == 0:
+            for k in range(0, len(r.payload), 16):
+                a, n, _ = struct.unpack_from("<QII", r.payload, k)
+                for ring, data in ((RegionKind.TX_RING, RegionKind.TX_DATA), (RegionKind.RX_RING, RegionKind.RX_DATA)):
+                    reg, slots = mm.of_kind(data)[0], mm.of_kind(ring)[0].size // 16
+                    if reg.base <= a < reg.base + reg.size:
+                        bufs.append((a - reg.base) % (reg.size // slots))
+    assert bufs and set(bufs) == {3896}, sorted(set(bufs))[:5]
+    with pytest.raises(ValueError, match="REG_NOPE"):
+        generate(ck, tmp_path / "x.jsonl.gz", resolve_condition(ck, "mixed"), GenerateConfig(tlps=50, progress=False),
+                 host=HostSetup(registers={"REG_NOPE": 1}))
+    with pytest.raises(ValueError, match="buffer_offset"):
+        HostSetup(buffer_offset=6)
+
+
 # conditioning --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backbone", ["image", "transformer"])
 def test_unseen_link_parameters_are_respected(ckpts, tmp_path, backbone):

@@ -31,14 +31,14 @@ queue until the descriptors they carry are known (memory stays flat: at most ``h
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import heapq
 import logging
-import math
 import random
 import struct
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -164,7 +164,6 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
         last_cpl_t = None
         last_dw_t = None
         last_mmio_w = None
-        seen_db = False
         rx_writes = []
         msix_base = regs.get("REG_MSIX_TABLE")
         for r in recs:
@@ -194,9 +193,7 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
                 first_seen[(r.requester_id, r.tag)] = False
             if r.dir == Direction.DOWN and r.type in _MWR and bar is not None:
                 off = r.address - bar
-                if r.cls == SemClass.DOORBELL:
-                    seen_db = True
-                elif r.payload is not None and len(r.payload) >= 4:
+                if r.cls != SemClass.DOORBELL and r.payload is not None and len(r.payload) >= 4:
                     val = int.from_bytes(r.payload[:4], "little")
                     if msix_base is not None and msix_base <= off < msix_base + 16:
                         msix[off - msix_base] = val
@@ -439,7 +436,7 @@ class _HostReq:
 
 
 class _Queue:
-    def __init__(self, name: str, ring, cpl, data):
+    def __init__(self, name: str, ring, cpl, data, offset: int = 0):
         self.name = name
         self.ring_base = ring.base
         self.entries = max(ring.size // DESC_BYTES, 2)
@@ -447,6 +444,11 @@ class _Queue:
         self.data_base = data.base if data is not None else None
         self.stride = (data.size // self.entries) if data is not None else 0
         self.stride = self.stride - self.stride % 4
+        self.offset = offset                    # a buffer starts this far into its slot (HostSetup.buffer_offset)
+        self.room = self.stride - offset        # the bytes a buffer holds
+        if data is not None and self.room < 64:
+            raise ValueError(f"{name} buffers: a buffer offset of {offset} B leaves {self.room} B of a "
+                             f"{self.stride} B slot")
         self.posted = 0
         self.fetched = 0
         self.completed = 0
@@ -457,7 +459,7 @@ class _Queue:
         self.bytes = 0
 
     def buf(self, idx: int) -> int:
-        return self.data_base + (idx % self.entries) * self.stride
+        return self.data_base + (idx % self.entries) * self.stride + self.offset
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -469,7 +471,8 @@ class Calibrator:
 
     def __init__(self, header: TraceHeader, priors: Priors | None = None, *, sink: Callable[[TlpRecord], None],
                  mac_sink: Callable[[MacFrame], None] | None = None, seed: int = 0, hold_max: int = 4096,
-                 preamble: bool = True):
+                 preamble: bool = True, host: Any = None):
+        """``host``: a ``phantom.gen.condition.HostSetup`` (registers the driver programs, a buffer offset)."""
         self.h = header
         self.p = priors or Priors()
         self.sink = sink
@@ -482,6 +485,7 @@ class Calibrator:
             raise ValueError("calibration needs a trace header with a memory map (rings, buffers, doorbells)")
         mm = MemoryMap.from_json(header.memory_map)
         self.mm = mm
+        buffer_offset = int(getattr(host, "buffer_offset", 0) or 0)
         one = lambda k: (mm.of_kind(k) or [None])[0]  # noqa: E731
         self.q: dict[str, _Queue] = {}
         for qn, rk, ck, dk in (("tx", RegionKind.TX_RING, RegionKind.TX_CPL_RING, RegionKind.TX_DATA),
@@ -489,7 +493,7 @@ class Calibrator:
             ring = one(rk)
             if ring is None or one(dk) is None:
                 raise ValueError(f"calibration needs the {qn} ring and its buffers in the memory map")
-            self.q[qn] = _Queue(qn, ring, one(ck), one(dk))
+            self.q[qn] = _Queue(qn, ring, one(ck), one(dk), buffer_offset)
         bar = one(RegionKind.BAR)
         if bar is None:
             raise ValueError("calibration needs the device's BAR in the memory map")
@@ -497,6 +501,15 @@ class Calibrator:
         self.msix = one(RegionKind.MSIX)
         self.regs: dict[str, int] = dict((header.device or {}).get("registers") or {})
         self.reg_by_off = {v: k for k, v in self.regs.items()}
+        # registers the host set-up pins: written at initialisation, and every write of the stream to them keeps
+        # the pinned value (the stream learned the captured drivers' values)
+        self.pinned: dict[str, int] = dict(getattr(host, "registers", None) or {})
+        for name in self.pinned:
+            if name not in self.regs:
+                raise ValueError(f"host register {name}: not in the device's register map (header device.registers)")
+        if self.pinned:
+            self.p = dataclasses.replace(self.p, reg_write={**self.p.reg_write, **self.pinned})
+        self.pinned_left = list(self.pinned)
         self.reg_offs = sorted(self.reg_by_off)
         self.doorbell = {r.base: r.kind.queue for r in mm.regions if r.kind.is_doorbell}
         self.doorbell_of = {q: a for a, q in self.doorbell.items()}
@@ -842,6 +855,11 @@ class Calibrator:
         for name in ("REG_CTRL", "REG_IRQ_COAL_COUNT", "REG_IRQ_COAL_TIMER"):
             if name in self.regs and name in p.reg_write:
                 w(name, p.reg_write[name])
+                if name in self.pinned_left:
+                    self.pinned_left.remove(name)
+        for name in [n for n in self.pinned_left if n != "REG_IRQ_ENABLE"]:
+            w(name, self.pinned[name])
+            self.pinned_left.remove(name)
         for qn, pre in (("tx", "REG_TXQ_"), ("rx", "REG_RXQ_")):
             q = self.q[qn]
             if q.initialised:
@@ -1008,6 +1026,8 @@ class Calibrator:
                 if what == "CTRL":
                     val &= 1
                     if val:
+                        self._write_pinned(t)
+                        t = max(t, self.t_last) + int(self.p.mmio_gap_ns * 1000)
                         q.initialised = True
                         q.posted = q.fetched = q.completed = 0
                         q.model_prod = 0
@@ -1031,9 +1051,25 @@ class Calibrator:
             elif k == 1:
                 val = self.msix.base >> 32
         reg = self.reg_by_off.get(a - self.bar.base)
+        if reg in self.pinned:
+            val = self.pinned[reg]
+            if reg in self.pinned_left:
+                self.pinned_left.remove(reg)
         if reg is not None:
             self.reg_values[reg] = val
         self._host_write(a, val, t, SemClass.MMIO_WRITE, self._mine())
+
+    def _write_pinned(self, t: int) -> None:
+        """Pinned registers the stream has not written yet, before its first queue is enabled."""
+        src = self._cur_src
+        self._cur_src = None
+        gap = int(self.p.mmio_gap_ns * 1000)
+        for name in [n for n in self.pinned_left if n != "REG_IRQ_ENABLE"]:
+            t = max(t, self.t_last) + gap
+            self._host_write(self.bar.base + self.regs[name], self.pinned[name], t, SemClass.MMIO_WRITE)
+            self._ins("init")
+            self.pinned_left.remove(name)
+        self._cur_src = src
 
     def _doorbell(self, r: TlpRecord, t: int) -> None:
         a = r.address & ~3
@@ -1121,7 +1157,7 @@ class Calibrator:
         self.dev_reads[tag] = rd
         for k in range(n):
             idx = q.fetched + k
-            f = _Frame(idx, idx % q.entries, q.buf(idx), rd, q.stride if q.name == "rx" else 0)
+            f = _Frame(idx, idx % q.entries, q.buf(idx), rd, q.room if q.name == "rx" else 0)
             q.frames.append(f)
             rd.frames.append(f)
         q.fetched += n
@@ -1312,7 +1348,7 @@ class Calibrator:
     def _issue_data_read(self, f: _Frame, t: int, want: int, tag: int, attr: int, src) -> None:
         q = self.q["tx"]
         a = f.buf + f.moved
-        cap = min(MAX_TX_FRAME, q.stride)
+        cap = min(MAX_TX_FRAME, q.room)
         if f.length is not None:
             cap = f.length
         maxlen = min(self.mrrs, 4096 - (a & 0xFFF), cap - f.moved)
@@ -1350,7 +1386,7 @@ class Calibrator:
         q = self.q["tx"]
         if not f.delivered:
             self._complete_read(f.read, t, why)
-        n = int(min(max(_sample(self.p.frame_bytes, self.rng, 64.0), 1), min(MAX_TX_FRAME, q.stride)))
+        n = int(min(max(_sample(self.p.frame_bytes, self.rng, 64.0), 1), min(MAX_TX_FRAME, q.room)))
         f.length = n
         while f.moved < n:
             self._ins(why)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
-COMMANDS = ("dataset", "train", "generate", "evaluate", "features")
+COMMANDS = ("dataset", "train", "generate", "evaluate", "features", "export")
 
 
 def _kv(items: list[str]) -> dict[str, Any]:
@@ -85,6 +84,12 @@ def add_parsers(sub) -> None:
     f.add_argument("--steps", type=int, default=None)
     f.add_argument("--seed", type=int, default=1)
     f.add_argument("--quiet", action="store_true")
+
+
+    x = sub.add_parser("export", help="an inference-only copy of a checkpoint (no optimizer state), for shipping")
+    x.add_argument("--ckpt", required=True)
+    x.add_argument("--out", required=True)
+    x.add_argument("--command", default="", help="the training command, recorded in the copy")
 
 
 def run(args) -> int:
@@ -164,6 +169,12 @@ def _run(args) -> int:
         if args.plots:
             for f in plot(res, {s.name: s for s in [real] + gens}, args.plots):
                 print(f"wrote {f}", file=sys.stderr)
+        return 0
+    if args.cmd == "export":
+        from phantom.gen.train import export_checkpoint
+
+        ck = export_checkpoint(args.ckpt, args.out, args.command)
+        print(f"{args.out}: {ck['backbone']} after {ck['step']} steps, dataset {ck['dataset']['fingerprint']}")
         return 0
     if args.cmd == "features":
         from phantom.gen.features import FeatureConfig, train_extractor

@@ -158,3 +158,31 @@ class ConditionSpace:
     @classmethod
     def from_json(cls, d: Any) -> "ConditionSpace":
         return cls(tuple(d.get("scenarios", ())))
+
+
+@dataclass(frozen=True)
+class HostSetup:
+    """How the host of a generated conversation is set up, beyond what the model learned (the regression's
+    stimulus, ``tb/stimulus.py``): the root-complex model the replay builds (``header.host["model"]``, e.g. a
+    host profile's ``to_json()``), register values the driver programs at initialisation (names of the device's
+    register map: ``REG_IRQ_COAL_COUNT``, ``REG_DMA_CREDITS``, ...), and how many bytes past the start of each
+    buffer slot the host puts a packet buffer (a multiple of 4 below 4096: buffers that straddle a 4 KB page or
+    sit at odd DWORD alignments, which captures never have since the driver page-aligns every slot)."""
+
+    model: dict[str, Any] | None = None
+    registers: dict[str, int] = field(default_factory=dict)
+    buffer_offset: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, dict):
+            raise ValueError(f"host model must be a dict (a host profile's to_json()), got {type(self.model).__name__}")
+        for k, v in self.registers.items():
+            if not isinstance(k, str) or not k.startswith("REG_"):
+                raise ValueError(f"host register {k!r}: expected a register name of the device map (REG_...)")
+            if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 32:
+                raise ValueError(f"host register {k}: value must be a 32-bit unsigned integer, got {v!r}")
+        if not isinstance(self.buffer_offset, int) or not 0 <= self.buffer_offset < 4096 or self.buffer_offset % 4:
+            raise ValueError(f"buffer_offset must be a multiple of 4 in [0, 4096), got {self.buffer_offset!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "registers": dict(self.registers), "buffer_offset": self.buffer_offset}

@@ -14,14 +14,14 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from phantom.gen.calibrate import CalibrationStats, Calibrator, Priors
-from phantom.gen.condition import Condition, ConditionSpace, Knobs, Link
+from phantom.gen.condition import Condition, ConditionSpace, HostSetup, Knobs, Link
 from phantom.trace import MacWriter, TraceHeader, TraceWriter, mac_sidecar_path
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,12 @@ class _Out:
 
 
 def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: GenerateConfig,
-             on_chunk: Callable[[int], None] | None = None) -> GenerateReport:
-    """Generate ``cfg.tlps`` records for ``cond`` into ``out`` (suffix picks the encoding)."""
+             on_chunk: Callable[[int], None] | None = None, host: HostSetup | None = None) -> GenerateReport:
+    """Generate ``cfg.tlps`` records for ``cond`` into ``out`` (suffix picks the encoding).
+
+    ``host``: the host set-up of the conversation (root-complex model, pinned registers, buffer offset), applied
+    by calibration and recorded in the header (``host.model``, ``extra.generated.host_setup``); needs calibration.
+    """
     from tqdm import tqdm
 
     from phantom.gen.nn import pick_device
@@ -140,6 +144,12 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
         raise ValueError(f"{out}: the output must end in .jsonl.gz, .jsonl or .npz")
     impl, model, enc, space = build_model(ck)
     header = header_for(ck, cond, impl.name.value)
+    if host is not None:
+        if not cfg.calibrate:
+            raise ValueError("a host set-up is applied by calibration: it cannot be given with --raw")
+        if host.model is not None:
+            header.host = {**(header.host or {}), "model": copy.deepcopy(host.model)}
+        header.extra["generated"]["host_setup"] = host.to_json()
     device = pick_device(cfg.device)
     kw: dict[str, Any] = {"device": device, "constrained": cfg.constrained, "batch": cfg.batch}
     if impl.name.value == "transformer":
@@ -157,7 +167,8 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
     w = _Out(out, header)
     if cfg.calibrate:
         mac = MacWriter(mac_sidecar_path(out), trace_name=out.name)
-        cal = Calibrator(header, Priors.from_json(ck["priors"]), sink=w.write, mac_sink=mac.write, seed=cfg.seed)
+        cal = Calibrator(header, Priors.from_json(ck["priors"]), sink=w.write, mac_sink=mac.write, seed=cfg.seed,
+                         host=host)
     t0 = time.time()
     state: dict[str, Any] = {}
     t_last = 0
@@ -188,5 +199,3 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
     return GenerateReport(str(out), w.count, done, time.time() - t0, stats,
                           str(mac_sidecar_path(out)) if mac is not None else None)
 
-
-_ = field

@@ -89,6 +89,17 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, command: str = "") -> dict[str, Any]:
+    """An inference-only copy of a checkpoint (no optimizer or RNG state: a third of the size), for shipping in
+    the repository (``data/phantom/regress.pt``); ``command`` records how it was trained."""
+    ck = dict(load_checkpoint(src))
+    for k in ("optimizer", "rng"):
+        ck.pop(k, None)
+    ck["exported"] = {"from": str(src), "command": command}
+    save_checkpoint(dst, ck)
+    return ck
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint dict; one-line errors for a missing, corrupt or foreign file."""
     import torch
@@ -197,6 +208,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, 
     ck0 = None
     if resume:
         ck0 = load_checkpoint(out)
+        if ck0.get("exported") is not None or "optimizer" not in ck0:
+            raise CheckpointError(f"checkpoint {out}: an exported (inference-only) checkpoint cannot be resumed")
         if ck0["backbone"] != cfg.backbone:
             raise CheckpointError(f"checkpoint {out}: holds a {ck0['backbone']!r} model, cannot resume as "
                                   f"{cfg.backbone!r}")
