@@ -1026,8 +1026,8 @@ class Calibrator:
                 if what == "CTRL":
                     val &= 1
                     if val:
-                        self._write_pinned(t)
-                        t = max(t, self.t_last) + int(self.p.mmio_gap_ns * 1000)
+                        if self._write_pinned(t):
+                            t = max(t, self.t_last) + int(self.p.mmio_gap_ns * 1000)
                         q.initialised = True
                         q.posted = q.fetched = q.completed = 0
                         q.model_prod = 0
@@ -1059,17 +1059,21 @@ class Calibrator:
             self.reg_values[reg] = val
         self._host_write(a, val, t, SemClass.MMIO_WRITE, self._mine())
 
-    def _write_pinned(self, t: int) -> None:
-        """Pinned registers the stream has not written yet, before its first queue is enabled."""
+    def _write_pinned(self, t: int) -> int:
+        """Pinned registers the stream has not written yet, before its first queue is enabled; how many."""
+        todo = [n for n in self.pinned_left if n != "REG_IRQ_ENABLE"]
+        if not todo:
+            return 0
         src = self._cur_src
         self._cur_src = None
         gap = int(self.p.mmio_gap_ns * 1000)
-        for name in [n for n in self.pinned_left if n != "REG_IRQ_ENABLE"]:
+        for name in todo:
             t = max(t, self.t_last) + gap
             self._host_write(self.bar.base + self.regs[name], self.pinned[name], t, SemClass.MMIO_WRITE)
             self._ins("init")
             self.pinned_left.remove(name)
         self._cur_src = src
+        return len(todo)
 
     def _doorbell(self, r: TlpRecord, t: int) -> None:
         a = r.address & ~3
