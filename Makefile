@@ -127,7 +127,7 @@ bench-daemon: $(STAMP) $(AIPERF)
 
 # mutation testing ([tool.mutmut] in pyproject.toml), one module at a time:
 # make mutmut MUTATE='serving.daemon.auth*'   (a mutant-name glob; default: all of them, module by module)
-MUTATE ?= serving.policies* serving.scheduler* serving.metrics* serving.engine.behaviour* serving.workloads* serving.daemon.auth* serving.daemon.config* serving.daemon.api* serving.daemon.state* serving.daemon.tokenizer* serving.daemon.metrics* serving.daemon.backends.common* serving.daemon.backends.upstream* host.telemetry* phantom.rules* phantom.memmap* phantom.stats*
+MUTATE ?= serving.policies* serving.scheduler* serving.metrics* serving.engine.behaviour* serving.workloads* serving.daemon.auth* serving.daemon.config* serving.daemon.api* serving.daemon.state* serving.daemon.tokenizer* serving.daemon.metrics* serving.daemon.backends.common* serving.daemon.backends.upstream* host.telemetry* phantom.rules* phantom.memmap* phantom.stats* phantom.gen.condition*
 MUTMUT_CAPTURE := $(CURDIR)/build/mutmut/mixed80.jsonl.gz
 mutmut: $(STAMP)
 	$(PY) -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v "is ignored" || true; }

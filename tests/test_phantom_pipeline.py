@@ -204,6 +204,16 @@ def test_condition_resolution(ckpts):
     assert c2.scenario == "" and c2.knobs.tx_fraction == 0.9 and c2.link.mps == 128
     with pytest.raises(ValueError, match="unknown scenario: 'numa'"):
         resolve_condition(ck, "numa")
+    # without a scenario the header (host, memory map, Device Control) is the nearest training scenario's
+    from phantom.gen.sample import header_for, nearest_scenario
+
+    rx = resolve_condition(ck, "rx_heavy")
+    mixed = resolve_condition(ck, "mixed")
+    assert nearest_scenario(ck, resolve_condition(ck, None, knobs=vars(rx.knobs))) == "rx_heavy"
+    assert nearest_scenario(ck, resolve_condition(ck, None, knobs=vars(mixed.knobs))) == "mixed"
+    h = header_for(ck, resolve_condition(ck, None, knobs=vars(rx.knobs), link={"mps": 512}))
+    assert h.scenario == "generated" and h.mps == 512
+    assert h.memory_map == ck["templates"]["rx_heavy"]["memory_map"]
 
 
 # training: deterministic, resumable, DDP ------------------------------------------------------------------------------

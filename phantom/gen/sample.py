@@ -67,10 +67,26 @@ def resolve_condition(ck: dict[str, Any], scenario: str | None = None, knobs: di
     return c
 
 
-def header_for(ck: dict[str, Any], cond: Condition, backbone: str = "") -> TraceHeader:
-    """The header of a generated trace: a training header of the scenario (else the first), the condition's link."""
+def nearest_scenario(ck: dict[str, Any], cond: Condition) -> str:
+    """The condition's scenario when the model was trained on it; else the training scenario whose default
+    condition is nearest in the models' condition vector (link parameters and knobs; ties by name)."""
     templates = ck["templates"]
-    tpl = templates.get(cond.scenario) or templates[sorted(templates)[0]]
+    if cond.scenario in templates:
+        return cond.scenario
+    defaults = ck.get("scenario_defaults") or {}
+    space = ConditionSpace.from_json(ck["conditions"])
+    o = len(space.scenarios) + 1
+    v = space.vector(cond)[o:]
+    known = [s for s in sorted(templates) if s in defaults]
+    if not known:
+        return sorted(templates)[0]
+    return min(known, key=lambda s: (float(np.sum((space.vector(Condition.from_json(defaults[s]))[o:] - v) ** 2)), s))
+
+
+def header_for(ck: dict[str, Any], cond: Condition, backbone: str = "") -> TraceHeader:
+    """The header of a generated trace: a training header of the scenario (else of the training scenario whose
+    condition is nearest: its host, memory map and Device Control), with the condition's link parameters."""
+    tpl = ck["templates"][nearest_scenario(ck, cond)]
     h = TraceHeader.from_json(copy.deepcopy(tpl))
     h.mps, h.mrrs, h.rcb, h.tag_width = cond.link.mps, cond.link.mrrs, cond.link.rcb, cond.link.tag_width
     h.scenario = cond.scenario or "generated"

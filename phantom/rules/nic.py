@@ -319,7 +319,10 @@ class NicChains:
                                              f"{d.idx} ({d.addr:#x}+{d.length})")
         d.requested += nbytes
         d.next_addr = address + nbytes
-        q.expect[d.next_addr] = d
+        # a full buffer expects nothing more where the next one may start (buffers back to back): a write past its
+        # end is then flagged only when no other descriptor's buffer starts there
+        if d.requested < d.length or d.next_addr not in q.expect:
+            q.expect[d.next_addr] = d
 
     def cpl_record(self, i: int, t: int, q: _Queue, address: int, payload: bytes | None) -> None:
         """A completion record written to queue q's completion ring."""

@@ -1,0 +1,101 @@
+"""Conditions of phantom.gen.condition, called directly (no model): link parameters and knobs validated, the
+condition vector, what a trace measures to, and the host set-up the regression's stimulus uses."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from phantom.gen.condition import (Condition, ConditionSpace, HostSetup, Knobs, Link, measure)
+from phantom.trace import SemClass, load_any_columns
+
+FIX = Path(__file__).resolve().parent.parent / "data" / "phantom" / "fixtures"
+
+
+@pytest.mark.parametrize("kw,word", [({"mps": 1024}, "mps"), ({"mps": 64}, "mps"), ({"mrrs": 8192}, "mrrs"),
+                                     ({"rcb": 32}, "rcb"), ({"rcb": 256}, "rcb"), ({"tag_width": 6}, "tag_width")])
+def test_link_out_of_range(kw, word):
+    with pytest.raises(ValueError, match=f"link parameter {word} must be one of"):
+        Link(**kw)
+
+
+@pytest.mark.parametrize("mps,mrrs,rcb,tw", [(128, 128, 64, 5), (512, 4096, 128, 10), (256, 512, 64, 8)])
+def test_link_edges_accepted(mps, mrrs, rcb, tw):
+    assert Link(mps, mrrs, rcb, tw).mps == mps
+
+
+@pytest.mark.parametrize("kw", [{"tx_fraction": -0.01}, {"tx_fraction": 1.01}, {"frame_bytes": 0.5},
+                                {"frame_bytes": 16385.0}, {"small_fraction": 1.5}, {"load": -1.0}, {"load": 1e4 + 1},
+                                {"load": math.nan}, {"load": math.inf}, {"tx_fraction": True}, {"load": "5"}])
+def test_knobs_out_of_range(kw):
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=f"workload knob {name} must be a number"):
+        Knobs(**kw)
+
+
+def test_knobs_edges_accepted():
+    k = Knobs(tx_fraction=0.0, frame_bytes=1.0, small_fraction=1.0, load=1e4)
+    assert (k.tx_fraction, k.frame_bytes, k.small_fraction, k.load) == (0.0, 1.0, 1.0, 1e4)
+    assert Knobs(tx_fraction=1, frame_bytes=16384, load=0).frame_bytes == 16384
+
+
+def test_condition_json_round_trip_and_overrides():
+    c = Condition("mixed", Knobs(0.3, 900.0, 0.2, 2.0), Link(128, 256, 128, 5))
+    assert Condition.from_json(c.to_json()) == c
+    d = c.with_link(mps=512, mrrs=None).with_knobs(load=7.0, tx_fraction=None)
+    assert (d.link.mps, d.link.mrrs, d.link.rcb, d.link.tag_width) == (512, 256, 128, 5)
+    assert (d.knobs.load, d.knobs.tx_fraction, d.knobs.frame_bytes) == (7.0, 0.3, 900.0)
+    with pytest.raises(ValueError, match="expected an object"):
+        Condition.from_json([1, 2])
+    with pytest.raises(ValueError, match="link parameter mps"):
+        c.with_link(mps=100)
+
+
+def test_space_vector():
+    sp = ConditionSpace(("mixed", "rx_heavy"))
+    assert sp.dim == 2 + 1 + 8 and sp.index("rx_heavy") == 1 and sp.index("numa") == 2
+    c = Condition("rx_heavy", Knobs(0.75, 1400.0, 0.25, math.e - 1), Link(512, 2048, 128, 5))
+    v = sp.vector(c)
+    assert v.dtype == np.float32 and v.shape == (11,)
+    assert list(v[:3]) == [0.0, 1.0, 0.0]
+    np.testing.assert_allclose(v[3:7], [1.0, 1.0, 1.0, -1.0])
+    np.testing.assert_allclose(v[7:], [0.5, math.log(2.0), -0.5, -0.5], rtol=1e-6)
+    dropped = sp.vector(c, drop_scenario=True)
+    assert list(dropped[:3]) == [0.0, 0.0, 1.0] and (dropped[3:] == v[3:]).all()
+    base = sp.vector(Condition("mixed"))
+    np.testing.assert_allclose(base[3:7], [0.0, 0.0, 0.0, 0.0])
+    assert ConditionSpace.from_json(sp.to_json()) == sp
+    sp.check_scenario("mixed")
+    with pytest.raises(ValueError, match="unknown scenario: 'numa'"):
+        sp.check_scenario("numa")
+
+
+def test_measure_a_real_capture():
+    tc = load_any_columns(FIX / "rx_heavy__alt__s1.jsonl.gz")
+    c = measure(tc)
+    assert c.scenario == "rx_heavy" and (c.link.mps, c.link.mrrs) == (128, 256)
+    assert c.knobs.tx_fraction < 0.5     # rx heavy
+    # the knobs from the completion records themselves: frames by queue, lengths at payload offset 4
+    n = int((tc["cls"] == SemClass.CPL_WRITE).sum())
+    span_us = (int(tc["t_ps"].max()) - int(tc["t_ps"].min())) / 1e6
+    assert c.knobs.load == pytest.approx(n / span_us, rel=1e-9)
+    assert 64 <= c.knobs.frame_bytes <= 9000 and 0 <= c.knobs.small_fraction <= 1
+
+
+def test_host_setup_validation():
+    h = HostSetup(model={"name": "x"}, registers={"REG_IRQ_COAL_COUNT": 1, "REG_DMA_CREDITS": 0xFFFFFFFF},
+                  buffer_offset=4092)
+    assert h.to_json() == {"model": {"name": "x"}, "registers": {"REG_IRQ_COAL_COUNT": 1,
+                                                                  "REG_DMA_CREDITS": 0xFFFFFFFF},
+                           "buffer_offset": 4092}
+    assert HostSetup().to_json() == {"model": None, "registers": {}, "buffer_offset": 0}
+    for bad, word in (({"model": "tight"}, "host model must be a dict"),
+                      ({"registers": {"IRQ": 1}}, "expected a register name"),
+                      ({"registers": {"REG_X": -1}}, "32-bit unsigned"),
+                      ({"registers": {"REG_X": 1 << 32}}, "32-bit unsigned"),
+                      ({"registers": {"REG_X": True}}, "32-bit unsigned"),
+                      ({"buffer_offset": 4096}, "buffer_offset"), ({"buffer_offset": -4}, "buffer_offset"),
+                      ({"buffer_offset": 2}, "buffer_offset"), ({"buffer_offset": 4.0}, "buffer_offset")):
+        with pytest.raises(ValueError, match=word):
+            HostSetup(**bad)
