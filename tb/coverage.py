@@ -21,7 +21,6 @@ import struct
 from collections import Counter
 
 from phantom.memmap import MemoryMap, RegionKind
-from phantom.rules.spec import request_bytes
 from phantom.trace import CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceHeader
 
 _LEN_BINS = ((1, "1dw"), (3, "2-3dw"), (15, "4-15dw"), (63, "16-63dw"), (127, "64-127dw"), (255, "128-255dw"),

@@ -67,8 +67,41 @@ def test_space_vector():
     np.testing.assert_allclose(base[3:7], [0.0, 0.0, 0.0, 0.0])
     assert ConditionSpace.from_json(sp.to_json()) == sp
     sp.check_scenario("mixed")
-    with pytest.raises(ValueError, match="unknown scenario: 'numa'"):
+    with pytest.raises(ValueError, match=r"unknown scenario: 'numa' \(the model knows: mixed, rx_heavy;"):
         sp.check_scenario("numa")
+
+
+def test_defaults_from_empty_json():
+    assert Condition.from_json({}) == Condition() and Condition().scenario == ""
+    assert ConditionSpace.from_json({}) == ConditionSpace() and ConditionSpace().dim == 9
+
+
+@pytest.mark.parametrize("name", ["mixed__unseen__s3", "rx_heavy__alt__s1", "numa__base__s1"])
+def test_measure_matches_an_independent_count(name):
+    """Knobs from the completion records, counted here from the records themselves (queue by ring, length at
+    payload offset 4); link parameters from the header (the unseen capture has RCB 128)."""
+    import struct
+
+    from phantom.memmap import MemoryMap, RegionKind
+    from phantom.trace import read_trace
+
+    tc = load_any_columns(FIX / f"{name}.jsonl.gz")
+    h, recs = read_trace(FIX / f"{name}.jsonl.gz")
+    mm = MemoryMap.from_json(h.memory_map)
+    rings = {q: mm.of_kind(k)[0] for q, k in (("tx", RegionKind.TX_CPL_RING), ("rx", RegionKind.RX_CPL_RING))}
+    lens = {"tx": [], "rx": []}
+    for r in recs:
+        if r.cls == SemClass.CPL_WRITE and r.payload:
+            q = next(q for q, g in rings.items() if g.base <= r.address < g.base + g.size)
+            lens[q].append(struct.unpack_from("<I", r.payload, 4)[0])
+    frames = lens["tx"] + lens["rx"]
+    span_us = (recs[-1].t_ps - recs[0].t_ps) / 1e6
+    c = measure(tc)
+    assert (c.scenario, c.link) == (h.scenario, Link(h.mps, h.mrrs, h.rcb, h.tag_width))
+    assert c.knobs.tx_fraction == pytest.approx(len(lens["tx"]) / len(frames), abs=1e-12)
+    assert c.knobs.frame_bytes == pytest.approx(sum(frames) / len(frames), rel=1e-12)
+    assert c.knobs.small_fraction == pytest.approx(sum(n <= 128 for n in frames) / len(frames), abs=1e-12)
+    assert c.knobs.load == pytest.approx(len(frames) / span_us, rel=1e-9)
 
 
 def test_measure_a_real_capture():
@@ -90,7 +123,7 @@ def test_host_setup_validation():
                                                                   "REG_DMA_CREDITS": 0xFFFFFFFF},
                            "buffer_offset": 4092}
     assert HostSetup().to_json() == {"model": None, "registers": {}, "buffer_offset": 0}
-    for bad, word in (({"model": "tight"}, "host model must be a dict"),
+    for bad, word in (({"model": "tight"}, "host model must be a dict .*, got str"),
                       ({"registers": {"IRQ": 1}}, "expected a register name"),
                       ({"registers": {"REG_X": -1}}, "32-bit unsigned"),
                       ({"registers": {"REG_X": 1 << 32}}, "32-bit unsigned"),

@@ -112,7 +112,7 @@ def test_generation_is_deterministic(ckpts, tmp_path):
         cond = resolve_condition(ck, "mixed")
         a = generate(ck, tmp_path / f"{b}_a.jsonl.gz", cond, GenerateConfig(tlps=400, seed=7, progress=False))
         c = generate(ck, tmp_path / f"{b}_b.jsonl.gz", cond, GenerateConfig(tlps=400, seed=7, progress=False))
-        d = generate(ck, tmp_path / f"{b}_c.jsonl.gz", cond, GenerateConfig(tlps=400, seed=8, progress=False))
+        generate(ck, tmp_path / f"{b}_c.jsonl.gz", cond, GenerateConfig(tlps=400, seed=8, progress=False))
         ra, rb, rd = (read_trace(tmp_path / f"{b}_{x}.jsonl.gz")[1] for x in "abc")
         assert ra == rb, b
         assert ra != rd, b
