@@ -63,6 +63,8 @@ def test_space_vector():
     np.testing.assert_allclose(v[7:], [0.5, math.log(2.0), -0.5, -0.5], rtol=1e-6)
     dropped = sp.vector(c, drop_scenario=True)
     assert list(dropped[:3]) == [0.0, 0.0, 1.0] and (dropped[3:] == v[3:]).all()
+    tiny = sp.vector(Condition("mixed", Knobs(frame_bytes=1.0)))
+    assert tiny[8] == pytest.approx(math.log(1.0 / 700.0))
     base = sp.vector(Condition("mixed"))
     np.testing.assert_allclose(base[3:7], [0.0, 0.0, 0.0, 0.0])
     assert ConditionSpace.from_json(sp.to_json()) == sp
@@ -123,6 +125,7 @@ def test_host_setup_validation():
                                                                   "REG_DMA_CREDITS": 0xFFFFFFFF},
                            "buffer_offset": 4092}
     assert HostSetup().to_json() == {"model": None, "registers": {}, "buffer_offset": 0}
+    assert HostSetup(registers={"REG_IRQ_COAL_TIMER": 0}).registers == {"REG_IRQ_COAL_TIMER": 0}   # 0 is a value
     for bad, word in (({"model": "tight"}, "host model must be a dict .*, got str"),
                       ({"registers": {"IRQ": 1}}, "expected a register name"),
                       ({"registers": {"REG_X": -1}}, "32-bit unsigned"),
