@@ -53,7 +53,7 @@ replay: $(STAMP)
 	$(PY) sim_scripts/replay.py $(TRACE) --sim $(SIM) --width $(WIDTH) --timing $(TIMING)
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(JOBS) -q --durations=15 tests
+	$(PY) -m pytest -n $(JOBS) --dist loadgroup -q --durations=15 tests
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q -m "not sim" tests

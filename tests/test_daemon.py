@@ -351,6 +351,7 @@ def _flood(tmp_path, policy, seconds=6.0):
         d.stop()
 
 
+@pytest.mark.xdist_group("heavy")   # not beside tests/test_faults.py's simulations (see there)
 def test_fairness_two_clients_one_flooding(tmp_path):
     import statistics
     from serving.metrics import vtc_bound

@@ -12,7 +12,9 @@ from tb import runner
 from tb.regress import Case, run_case
 from tb.stimulus import STIMULI
 
-pytestmark = pytest.mark.sim
+# one xdist group with the daemon's real-time fairness test: under `make test` (--dist loadgroup) these heavy
+# simulations then run on one worker, one after the other, and never beside that test on both cores
+pytestmark = [pytest.mark.sim, pytest.mark.xdist_group("heavy")]
 
 # what the failure of a faulty variant must mention: the rule, the scoreboard, a stall or a dropped completion
 SYMPTOM = {
