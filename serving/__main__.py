@@ -21,7 +21,8 @@ from serving.workloads import ARTIFACT_SUITES, NAMED, SUITES, load_workload
 
 # the documented configurations (docs/equinox.md, docs/benchmarks.md): what each workload runs with by default
 A10G, A100 = ProfileName.A10G_LLAMA_7B.value, ProfileName.A100_LLAMA2_7B.value
-DEFAULT_PROFILE = {"lmsys": A10G, "lmsys-shape": A10G, "sharegpt": A100, "sharegpt-shape": A100, "shape-skew": A100}
+DEFAULT_PROFILE = {"lmsys": A10G, "lmsys-shape": A10G, "sharegpt": A100, "sharegpt-shape": A100, "shape-skew": A100,
+                   "shape-skew-gpu": A100}
 SIZED = ("sharegpt", "sharegpt-shape")   # workloads that take --requests / --rate
 
 

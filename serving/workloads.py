@@ -179,6 +179,27 @@ SHAPES = {  # client -> (prompt, output) of its requests in the synthetic shape-
 }
 
 
+# GPU-seconds one request of each shape is attributed (Profile.split: physically) on the A100 profile's Equinox
+# engine, measured under VTC on `shape-skew` (make bench-serving prints the measurement beside these figures)
+SHAPE_GPU_S = {"prompt-heavy": 0.1128, "decode-heavy": 0.1611, "long-context": 0.3855, "balanced": 0.0573}
+
+
+def _shape_arrivals(rates: dict[str, float], duration: float, seed: int) -> list[Request]:
+    """Poisson arrivals per client of SHAPES at the given request rates, merged in time order."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for c, (p, o) in SHAPES.items():
+        rate = rates[c]
+        t = 0.0
+        while True:
+            t += rng.exponential(1.0 / rate)
+            if t >= duration:
+                break
+            events.append((t, c, p, o))
+    events.sort()
+    return [Request(i, c, t, p, o) for i, (t, c, p, o) in enumerate(events)]
+
+
 def shape_skew_workload(duration: float = 600.0, load: float = 4.0, seed: int = 1,
                         unit_tok_s: float = 4000.0) -> Workload:
     """Four clients with the request shapes of SHAPES and Poisson arrivals, each asking for the same VTC token
@@ -189,20 +210,25 @@ def shape_skew_workload(duration: float = 600.0, load: float = 4.0, seed: int = 
     1.12 (long-context) and 5.21 (balanced) requests per second. Measured on the A100 profile's Equinox engine
     (make bench-serving), it serves about 11,000 per second of this mix: load 2 leaves every client served at
     once (0 of 62 windows contended), load 4 backlogs them all."""
-    rng = np.random.default_rng(seed)
     per_client = load * unit_tok_s / len(SHAPES)
-    events = []
-    for c, (p, o) in SHAPES.items():
-        rate = per_client / (p + 2 * o)
-        t = 0.0
-        while True:
-            t += rng.exponential(1.0 / rate)
-            if t >= duration:
-                break
-            events.append((t, c, p, o))
-    events.sort()
-    reqs = [Request(i, c, t, p, o) for i, (t, c, p, o) in enumerate(events)]
+    reqs = _shape_arrivals({c: per_client / (p + 2 * o) for c, (p, o) in SHAPES.items()}, duration, seed)
     return Workload("shape-skew", reqs, {}, {"duration": duration, "load": load, "shapes": dict(SHAPES)})
+
+
+def shape_skew_gpu_workload(duration: float = 600.0, load: float = 2.0, seed: int = 1,
+                            gpu_cost: dict[str, float] | None = None) -> Workload:
+    """The shapes of `shape-skew`, each client asking for the same GPU time per second instead of the same token
+    charge: `load` GPU-seconds per second in all (the GPU delivers one; 2 backlogs every client), split evenly,
+    at `gpu_cost` GPU-seconds per request of each shape (SHAPE_GPU_S). The counterpart of `shape-skew`: there
+    equal token service is equal service of demand, here equal GPU time is (docs/equinox.md, "Which evenness")."""
+    cost = dict(SHAPE_GPU_S if gpu_cost is None else gpu_cost)
+    for c in SHAPES:
+        if not cost.get(c, 0) > 0:
+            raise ValueError(f"gpu_cost: need a positive GPU-seconds per request for {c!r}, got {cost.get(c)!r}")
+    per_client = load / len(SHAPES)
+    reqs = _shape_arrivals({c: per_client / cost[c] for c in SHAPES}, duration, seed)
+    return Workload("shape-skew-gpu", reqs, {}, {"duration": duration, "load": load, "shapes": dict(SHAPES),
+                                                 "gpu_s_per_request": cost})
 
 
 def shape_class(prompt: int, output: int) -> str:
@@ -404,7 +430,7 @@ def load_trace_file(path: str | Path) -> Workload:
     return Workload(path.name.split(".")[0], out, weights, {"source": str(path)})
 
 
-NAMED = ("lmsys", "sharegpt", "shape-skew", "sharegpt-shape", "lmsys-shape")
+NAMED = ("lmsys", "sharegpt", "shape-skew", "shape-skew-gpu", "sharegpt-shape", "lmsys-shape")
 
 
 def load_workload(name: str, seed: int = 1, **kw) -> Workload:
@@ -417,6 +443,8 @@ def load_workload(name: str, seed: int = 1, **kw) -> Workload:
         return sharegpt_workload(seed=seed, max_new_tokens=mnt, **kw)
     if name == "shape-skew":
         return shape_skew_workload(seed=seed, **({"duration": kw["duration"]} if kw.get("duration") else {}))
+    if name == "shape-skew-gpu":
+        return shape_skew_gpu_workload(seed=seed, **({"duration": kw["duration"]} if kw.get("duration") else {}))
     if name == "sharegpt-shape":
         return sharegpt_shape_workload(seed=seed, **{k: v for k, v in kw.items() if k in ("n", "rate")})
     if name == "lmsys-shape":

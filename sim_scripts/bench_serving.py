@@ -1,13 +1,16 @@
 """`make bench-serving`: every serving figure of docs/equinox.md and docs/benchmarks.md.
 
 1. The README's serving commands, run in-process exactly as a user types them (their output is what the docs
-   report): `python -m serving bench` (LMSYS on the A10G), `--workload sharegpt`, the three shape-skewed
+   report): `python -m serving bench` (LMSYS on the A10G), `--workload sharegpt`, the four shape-skewed
    workloads, and the artifact-engine policy table with every baseline.
 2. The issue-11 targets on the shape-skewed workloads (Equinox against VTC in the policy table: the same
    engine), met or missed, with the rule used.
 3. The resource weight beta on the shape-skewed workloads (the default's justification).
 4. Simulation plus metrics at 1,000 clients x 100,000 requests: requests per wall second, peak memory.
 Then the A10G calibration (sim_scripts/calibrate_a10g.py, run by the Makefile after this script).
+
+`bench_serving.py --docs LOG DOC...` puts a run's output (LOG: what this script printed) into the docs' fenced
+blocks that start with one of its section lines.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import io
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -32,17 +36,18 @@ from serving.__main__ import main as serving_main  # noqa: E402
 from serving.metrics import summarize  # noqa: E402
 from serving.policies import EquinoxConfig  # noqa: E402
 from serving.run import simulate  # noqa: E402
-from serving.workloads import load_workload, sharegpt_workload  # noqa: E402
+from serving.workloads import SHAPE_GPU_S, load_workload, sharegpt_workload, shape_skew_workload  # noqa: E402
 
 README_COMMANDS = [
     [],
     ["--workload", "sharegpt"],
     ["--workload", "shape-skew"],
+    ["--workload", "shape-skew-gpu"],
     ["--workload", "sharegpt-shape"],
     ["--workload", "lmsys-shape"],
     ["--workload", "lmsys", "--engine", "artifact", "--policies", "fcfs,vtc,lcf,rpm,vtc-oracle,equinox"],
 ]
-SHAPED = ("shape-skew", "sharegpt-shape", "lmsys-shape")
+SHAPED = ("shape-skew", "shape-skew-gpu", "sharegpt-shape", "lmsys-shape")
 
 
 def target(e: float, v: float, ratio: float = 1.13, room: float = 0.02) -> tuple[str, str]:
@@ -94,6 +99,15 @@ def main() -> int:
                        f"{e['contended_windows']}/{e['windows']})" if key in ("jain", "jain_resource") else "")
             print(f"{w:<16} {label:<22} {y:7.3f} {x:8.3f} {x / y:6.3f} {need:>9}  {res}{windows}")
 
+    print("\n== GPU-seconds per request of each shape: VTC on shape-skew (A100, Equinox engine), the costs "
+          "shape-skew-gpu asks for")
+    res = simulate(shape_skew_workload().requests, "vtc", "a100-llama2-7b", engine="equinox")
+    per: dict[str, list[float]] = {}
+    for r in res.requests:
+        per.setdefault(r.client, []).append(r.gpu_s)
+    for c, g in SHAPE_GPU_S.items():
+        print(f"{c:<14} measured {sum(per[c]) / len(per[c]):.4f}  SHAPE_GPU_S {g:.4f}")
+
     print("\n== the resource weight beta (policy table engine; alpha 1, lambda 0.5; beta 0 with lambda 0 is VTC)")
     print(f"{'workload':<16} {'beta':>5} {'tok/s':>8} {'Jain service':>12} {'Jain resource':>13} {'Jain s/tok':>10} "
           f"{'Jain TTFT':>9}")
@@ -132,5 +146,53 @@ def speed() -> int:
     return 0
 
 
+def sections(log: str) -> dict[str, list[str]]:
+    """The bench output's sections by their first line: a README command (`$ python -m serving bench ...`, up to
+    its timing line) or a `== ...` table (up to the next blank line)."""
+    out: dict[str, list[str]] = {}
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("$ python -m serving bench") or line.startswith("== "):
+            body = [line]
+            for nxt in lines[i + 1:]:
+                if line.startswith("$") and re.fullmatch(r"\(\d+ s; exit \d+\)", nxt):
+                    break
+                if line.startswith("==") and (not nxt.strip() or nxt.startswith("== ")):
+                    break
+                body.append(nxt)
+            while body and not body[-1].strip():
+                body.pop()
+            out[line] = body
+    return out
+
+
+def update_docs(log_path: Path, docs: list[Path]) -> int:
+    """Replace every fenced block of the docs whose first line is a section of the bench output with that
+    section as this run printed it (so the docs' tables are the output, not a copy that can drift); a block
+    whose first line the run did not print is an error."""
+    sec = sections(log_path.read_text())
+    for doc in docs:
+        lines = doc.read_text().split("\n")
+        out, i, n = [], 0, 0
+        while i < len(lines):
+            out.append(lines[i])
+            if lines[i] == "```" and i + 1 < len(lines) and (lines[i + 1].startswith("$ python -m serving bench")
+                                                             or lines[i + 1].startswith("== ")):
+                head = lines[i + 1]
+                if head not in sec:
+                    raise SystemExit(f"{doc}:{i + 2}: block {head!r} is not in {log_path}")
+                j = lines.index("```", i + 1)
+                out.extend(sec[head])
+                out.append("```")
+                i, n = j + 1, n + 1
+                continue
+            i += 1
+        doc.write_text("\n".join(out))
+        print(f"{doc}: {n} blocks from {log_path}")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--docs"] and len(sys.argv) > 3:
+        sys.exit(update_docs(Path(sys.argv[2]), [Path(a) for a in sys.argv[3:]]))
     sys.exit(speed() if sys.argv[1:] == ["--speed"] else main())
