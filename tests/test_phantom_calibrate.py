@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from phantom.memmap import MemoryMap, RegionKind
 from phantom.gen.calibrate import CalibrationStats, Calibrator, Priors, calibrate_records, priors_from_traces
 from phantom.gen.encoding import Encoding, ids_of
 from phantom.gen.hostside import check_records_host_side
@@ -336,6 +337,39 @@ def test_streaming_in_pieces_and_bounded_hold_back(clean, priors):
     assert_legal(h, out, sorted(mac, key=lambda f: f.t_ps))
 
 
+def test_an_inserted_doorbell_leads_its_descriptor_read_by_a_measured_latency(clean, priors):
+    """The doorbell calibration inserts for a descriptor read with nothing posted comes a doorbell-to-read
+    latency drawn from the captures before that read, or as early as the records already emitted allow (it used
+    to sit at the read's own time: 0 ns)."""
+    h, recs, _ = clean
+    R = copy.deepcopy(recs)
+    c_nic_desc_doorbell(h, R)
+    out, frames, st = calibrate_records(h, R, priors)
+    assert_legal(h, out, frames)
+    assert st.inserted.get("doorbell", 0) >= 1, st.format()
+    mm = MemoryMap.from_json(h.memory_map)
+    rings = {g.kind.queue: g for g in mm.regions if g.kind in (RegionKind.TX_RING, RegionKind.RX_RING)}
+
+    def doorbell_to_read(T):
+        gaps = []
+        for i, r in enumerate(T):
+            q = mm.queue_of(r.address) if r.cls == SemClass.DOORBELL else None
+            if q is not None:
+                g = rings[q]
+                j = next((j for j in range(i + 1, len(T)) if T[j].cls == SemClass.DESC_READ
+                          and g.base <= T[j].address < g.base + g.size), None)
+                if j is not None:   # (the last doorbells may post descriptors the trace ends before reading)
+                    gaps.append(T[j].t_ps - r.t_ps)
+        return gaps
+
+    real, cal = doorbell_to_read(recs), doorbell_to_read(out)
+    # every doorbell of the output leads its read (an inserted one by the drawn latency, or by all the room the
+    # stream left before the read where that is less), and none by more than the captures ever show
+    assert min(cal) > 0, cal
+    assert max(cal) <= max(max(real), priors.doorbell_read_ns[-1] * 1000 + 1)
+    assert sorted(set(cal) - set(real)), (cal, real)   # the inserted ones are not at the read's own time
+
+
 def test_generated_header_needs_a_memory_map(priors):
     from phantom.trace import TraceHeader
 
@@ -347,6 +381,9 @@ def test_priors_measured_from_captures(priors):
     assert 300 < priors.read_latency_ns[len(priors.read_latency_ns) // 2] < 2000     # the realistic host's median
     assert priors.reg_write["REG_IRQ_ENABLE"] == 7 and priors.device_id == 0x100
     assert priors.overdue_read_ns > priors.read_latency_ns[-1]
+    # the NIC reacts to a doorbell in tens of ns when idle, later when busy (measured per queue)
+    assert 40 < priors.doorbell_read_ns[0] < priors.doorbell_read_ns[len(priors.doorbell_read_ns) // 2] < 500
+    assert priors.doorbell_read_ns != Priors().doorbell_read_ns
     assert Priors.from_json(priors.to_json()) == priors
 
 

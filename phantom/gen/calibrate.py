@@ -77,6 +77,7 @@ class Priors:
     tx_cplw_gap_ns: list[float] = field(default_factory=lambda: [30.0, 200.0, 2000.0])  # TX frame's data done -> record
     rx_cplw_gap_ns: list[float] = field(default_factory=lambda: [10.0, 20.0, 60.0])     # RX last data write -> record
     irq_wait_ns: list[float] = field(default_factory=lambda: [100.0, 1000.0, 2500.0])  # first news -> interrupt
+    doorbell_read_ns: list[float] = field(default_factory=lambda: [60.0, 100.0, 1200.0])  # doorbell -> its desc read
     frame_bytes: list[float] = field(default_factory=lambda: [60.0, 64.0, 580.0, 1500.0])  # TX frame lengths
     rx_lead_ns: float = 300.0           # RX frame offered on the MAC -> its first data write
     tx_lag_ns: float = 200.0            # TX frame's last data completion -> frame on the MAC
@@ -137,7 +138,7 @@ def _sample(qs: list[float], rng: random.Random, default: float) -> float:
 
 def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Priors:
     """Measure the priors on real traces (columns + their MAC frames)."""
-    lat, mlat, gaps, txg, rxg, irq, fb, lead, lag, mmg, dts = ([] for _ in range(11))
+    lat, mlat, gaps, txg, rxg, irq, fb, lead, lag, mmg, dts, dbl = ([] for _ in range(12))
     irq_first = None
     reg_write: dict[str, int] = {}
     reg_read: dict[str, int] = {}
@@ -166,6 +167,10 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
         last_mmio_w = None
         rx_writes = []
         msix_base = regs.get("REG_MSIX_TABLE")
+        db_queue = {g.base: g.kind.queue for g in mm.regions if g.kind.is_doorbell} if mm else {}
+        ring_of = [(g.base, g.base + g.size, g.kind.queue) for g in mm.regions
+                   if g.kind in (RegionKind.TX_RING, RegionKind.RX_RING)] if mm else []
+        db_pending: dict[str, int] = {}  # queue -> time of its oldest doorbell not yet followed by a descriptor read
         for r in recs:
             if r.type.is_completion:
                 k = (r.requester_id, r.tag)
@@ -191,6 +196,12 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
             if r.type.is_non_posted:
                 open_[(r.requester_id, r.tag)] = r
                 first_seen[(r.requester_id, r.tag)] = False
+            if r.cls == SemClass.DOORBELL and (r.address & ~3) in db_queue:
+                db_pending.setdefault(db_queue[r.address & ~3], r.t_ps)
+            elif r.cls == SemClass.DESC_READ and db_pending:
+                qn = next((qq for lo, hi, qq in ring_of if lo <= r.address < hi), None)
+                if qn in db_pending:
+                    dbl.append((r.t_ps - db_pending.pop(qn)) / 1000)
             if r.dir == Direction.DOWN and r.type in _MWR and bar is not None:
                 off = r.address - bar
                 if r.cls != SemClass.DOORBELL and r.payload is not None and len(r.payload) >= 4:
@@ -244,6 +255,7 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
     p.tx_cplw_gap_ns = _q([g for g in txg if g >= 0]) or p.tx_cplw_gap_ns
     p.rx_cplw_gap_ns = _q([g for g in rxg if g >= 0]) or p.rx_cplw_gap_ns
     p.irq_wait_ns = _q([g for g in irq if g >= 0]) or p.irq_wait_ns
+    p.doorbell_read_ns = _q([g for g in dbl if g >= 0]) or p.doorbell_read_ns
     p.frame_bytes = _q(fb) or p.frame_bytes
     p.rx_lead_ns = med([g for g in lead if g >= 0], p.rx_lead_ns)
     p.tx_lag_ns = med([g for g in lag if g >= 0], p.tx_lag_ns)
@@ -1137,9 +1149,23 @@ class Calibrator:
                 return
             q.posted += min(free, want)
             q.credit += min(free, want)
-            self._host_write(self.doorbell_of[q.name], q.posted % q.entries, t, SemClass.DOORBELL)
-            self._ins("doorbell")
+            t = self._insert_doorbell(q, t)
         self._issue_desc_read(q, t, want, r.tag, self._attr(r.attr), self._mine())
+
+    def _insert_doorbell(self, q: _Queue, t: int, latest: int | None = None) -> int:
+        """Insert the doorbell a descriptor read needs, a doorbell-to-read latency (drawn from the training
+        traces) before the read; returns the read's time. The read is wanted at `t`; `latest`: it may move up to
+        there to make room for the latency (a read calibration inserts itself), else it stays at `t`. The doorbell
+        goes no earlier than what is already emitted: where the stream left less room than the latency, it
+        splits the gap the stream chose (the stream is never stretched, so its bandwidth and inter-arrival
+        times stay the backbone's)."""
+        d = int(_sample(self.p.doorbell_read_ns, self.rng, 100.0) * 1000)
+        t_db = max(self.t_last, t - d)
+        self._host_write(self.doorbell_of[q.name], q.posted % q.entries, t_db, SemClass.DOORBELL)
+        self._ins("doorbell")
+        if latest is not None:
+            t = max(t, min(t_db + d, latest))
+        return t
 
     def _in_region(self, a: int, qn: str) -> bool:
         reg = self.mm.find(a)
@@ -1307,10 +1333,12 @@ class Calibrator:
                 return None
             q.posted += min(free, 16)
             q.credit += min(free, 16)
-            self._host_write(self.doorbell_of[q.name], q.posted % q.entries, self.t_last, SemClass.DOORBELL)
-            self._ins("doorbell")
-        # placed before the record that needs it, at the latest emitted time: the stream's own timing is kept
-        rd = self._insert_desc_read(q, self.t_last, q.posted - q.fetched, "descriptor fetch")
+            # the whole chain (doorbell, read, its completion) fits between the last record and the one needing it
+            t_rd = self._insert_doorbell(q, self.t_last, latest=self.t_last + max(t - self.t_last, 0) // 2)
+        else:
+            t_rd = self.t_last
+        # placed before the record that needs it, at the latest emitted time (or the doorbell's latency after it)
+        rd = self._insert_desc_read(q, t_rd, q.posted - q.fetched, "descriptor fetch")
         self._complete_read(rd, max(self.t_last, t), "descriptor fetch")
         return rd.frames[0] if rd.frames else None
 
