@@ -490,6 +490,9 @@ class Calibrator:
         self.sink = sink
         self.mac_sink = mac_sink or (lambda f: None)
         self.rng = random.Random(seed)
+        # doorbell-to-read latencies draw from a stream of their own: re-timing doorbells leaves every other draw
+        # (completion latencies, frame lengths, record gaps) what it was, so the stimulus differs only there
+        self.rng_doorbell = random.Random(f"doorbell-{seed}")
         self.hold_max = hold_max
         self.want_preamble = preamble
         self.stats = CalibrationStats()
@@ -1159,7 +1162,7 @@ class Calibrator:
         goes no earlier than what is already emitted: where the stream left less room than the latency, it
         splits the gap the stream chose (the stream is never stretched, so its bandwidth and inter-arrival
         times stay the backbone's)."""
-        d = int(_sample(self.p.doorbell_read_ns, self.rng, 100.0) * 1000)
+        d = int(_sample(self.p.doorbell_read_ns, self.rng_doorbell, 100.0) * 1000)
         t_db = max(self.t_last, t - d)
         self._host_write(self.doorbell_of[q.name], q.posted % q.entries, t_db, SemClass.DOORBELL)
         self._ins("doorbell")
