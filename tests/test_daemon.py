@@ -316,32 +316,31 @@ def test_upstream_failover_and_503(tmp_path):
 
 
 # fairness over HTTP --------------------------------------------------------------------------------------
-def _flood(tmp_path, policy, seconds=6.0):
-    """Both clients stay backlogged (a batch holds 256): alice with 600 requests in flight at all times, bob with 200
-    (closed loops of
-    non-streaming requests); returns per-client (completion tokens, latencies) seen by the clients, and the
-    daemon's counters."""
+def _burst(tmp_path, policy, n_alice=600, n_bob=200):
+    """Every request sent at once (alice 600, bob 200; a batch holds 256), so both clients are backlogged for as
+    long as their requests wait, whatever the client process's speed (a closed loop needs the client to resubmit
+    faster than the engine serves, which a slow machine cannot: see the notes of 2026-12-02). Returns per client
+    the latency of each request, and the daemon's counters."""
     from daemon_helpers import config
     clients = [dict(c, max_concurrent=5000) for c in config(tmp_path)["clients"]]
     d = DaemonProc(tmp_path, policy, policy=policy, state_path="", clients=clients, backend={"time_scale": 0.2})
 
     async def run():
         import aiohttp
-        out = {"alice": [0, []], "bob": [0, []]}
-        end = time.perf_counter() + seconds
+        out = {"alice": [], "bob": []}
         async with aiohttp.ClientSession(d.url, connector=aiohttp.TCPConnector(limit=0)) as c:
-            async def worker(who):
-                while time.perf_counter() < end:
-                    t0 = time.perf_counter()
-                    async with c.post("/v1/completions", json={
-                            "model": MODEL, "prompt": "word " * 20, "max_tokens": 40, "ignore_eos": True},
-                            headers={"Authorization": f"Bearer {KEYS[who]}"}) as r:
-                        assert r.status == 200, await r.text()
-                        data = await r.json()
-                    out[who][0] += data["usage"]["completion_tokens"]
-                    out[who][1].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
 
-            await asyncio.gather(*([worker("alice") for _ in range(600)] + [worker("bob") for _ in range(200)]))
+            async def one(who):
+                async with c.post("/v1/completions", json={
+                        "model": MODEL, "prompt": "word " * 20, "max_tokens": 40, "ignore_eos": True},
+                        headers={"Authorization": f"Bearer {KEYS[who]}"}) as r:
+                    assert r.status == 200, await r.text()
+                    data = await r.json()
+                assert data["usage"]["completion_tokens"] == 40
+                out[who].append(time.perf_counter() - t0)
+
+            await asyncio.gather(*([one("alice") for _ in range(n_alice)] + [one("bob") for _ in range(n_bob)]))
         return out
 
     try:
@@ -356,17 +355,21 @@ def test_fairness_two_clients_one_flooding(tmp_path):
     import statistics
     from serving.metrics import vtc_bound
 
-    eq, st = _flood(tmp_path, "equinox")
-    fc, st_fc = _flood(tmp_path, "fcfs")
+    eq, st = _burst(tmp_path, "equinox")
+    fc, st_fc = _burst(tmp_path, "fcfs")
     bound = vtc_bound(21, 100_000)
-    # FCFS serves in arrival order: bob's share follows his share of the requests (200 of 800 in flight). Equinox
-    # orders by counters: bob gets more than that, and his requests wait far less. (Not a full half: a request that
-    # is running is never evicted, and a closed-loop client has gaps between its requests in which the other one
-    # takes the free slots; the counter gap stays inside VTC's bound either way.)
-    share_eq = eq["bob"][0] / (eq["alice"][0] + eq["bob"][0])
-    share_fc = fc["bob"][0] / (fc["alice"][0] + fc["bob"][0])
-    assert share_fc < 0.3 and share_eq > share_fc + 0.08, (share_eq, share_fc)
-    assert statistics.median(eq["bob"][1]) < 0.7 * statistics.median(fc["bob"][1])
-    assert statistics.median(eq["bob"][1]) < 0.7 * statistics.median(eq["alice"][1])
+    # FCFS serves in arrival order: bob's requests finish spread over the whole run like alice's. Equinox orders
+    # by counters: once the first batch (filled in arrival order) moves, bob, the client with less service, is
+    # admitted first, so his requests finish far earlier than under FCFS and than alice's.
+    # Times are counted from each run's first completion: before it the client is still sending (seconds on a
+    # slow machine) and the first batch, filled in arrival order, runs; from there on the order is the policy's.
+    def after_first(run):
+        t0 = min(min(v) for v in run.values())
+        return {who: statistics.median([t - t0 for t in v]) for who, v in run.items()}
+
+    e, f = after_first(eq), after_first(fc)
+    assert e["bob"] < 0.6 * f["bob"], (e, f)
+    assert e["bob"] < 0.6 * e["alice"], (e, f)
+    assert f["bob"] > 0.7 * f["alice"], (e, f)
     gap = abs(st["counters"]["vtc"]["alice"] - st["counters"]["vtc"]["bob"])
     assert gap < bound
