@@ -101,8 +101,9 @@ class DecodeSet:
         top = self._live()
         return top[0] - self.steps if top is not None else 0
 
-    def pop_finished(self) -> list[Request]:
-        """Members that have produced their last token, removed and synced."""
+    def due(self) -> list[Request]:
+        """Members that have produced their last token, still members (the caller removes them), in finish-heap
+        order; each is returned once."""
         h = self._fin
         if not h or h[0][0] > self.steps:
             return []  # nothing due (a stale entry at the top is due only if its step has come)
@@ -114,9 +115,15 @@ class DecodeSet:
             if top[0] < self.steps:
                 raise RuntimeError(f"request {top[2].rid} was decoded {self.steps - top[0]} steps past its last "
                                    f"token (the engine folded past a finish)")
-            heapq.heappop(self._fin)
-            self.remove(top[2])
+            heapq.heappop(h)
             done.append(top[2])
+        return done
+
+    def pop_finished(self) -> list[Request]:
+        """Members that have produced their last token, removed and synced."""
+        done = self.due()
+        for r in done:
+            self.remove(r)
         return done
 
     # aggregates ---------------------------------------------------------------------------------

@@ -5,9 +5,18 @@ engine did. The policy owns every fairness decision (who is next, what is charge
 (chunked prefill, admission cadence, KV reservation, adaptive batching); the scheduler never asks which policy
 it runs.
 
-Per-iteration work is O(clients + prefilling requests), not O(batch): the decoding sequences advance together
-and are tracked in aggregate by serving.batch.DecodeSet; a request's own counters are brought up to date when it
-finishes, is evicted, or an engine asks for the batch (``batch()``, ``SchedulerOutput.decodes``).
+Per-iteration work is O(prefilling requests + clients that both decode and wait), not O(batch) nor O(clients):
+the decoding sequences advance together and are tracked in aggregate by serving.batch.DecodeSet; a request's own
+counters are brought up to date when it finishes, is evicted, or an engine asks for the batch (``batch()``,
+``SchedulerOutput.decodes``).
+
+Decode charges reach the policy lazily. A client's decode tokens and GPU-seconds grow linearly in a few global
+accumulators while its decoding set is unchanged, so they are delivered (``policy.on_step``) only when they can
+matter: before the client's decoding set changes, before any policy event of the client (arrival, admission,
+finish, eviction, cancellation), when the policy is about to choose it (``Policy.settle_owed``: owed charges only
+raise a priority, so a stale key is a lower bound and only the clients that reach the top of the policy's order
+are settled), before VTC's lift for every client that waits, before a fair-preemption look for every decoding
+client, and on ``settle()`` (the simulator's samples, the daemon's counter reads). The sums delivered are those of the eager per-step charges (up to float rounding).
 """
 
 from __future__ import annotations
@@ -96,6 +105,14 @@ class Scheduler:
         self.last_gpu: dict[str, float] = {}      # the last update's attribution per client
         self.w_of: dict[str, float] = {}          # client -> weight (a client has one)
         self._seq = 0
+        # lazy decode charges: per decoding client, (decode steps, decode_gpu, decode_kv_coef, decode_kv_coef_s)
+        # when its charges were last delivered; what it is owed since is linear in their growth (module doc)
+        self._mark: dict[str, tuple[int, float, float, float]] = {}
+        self._extra: dict[str, list] = {}         # client -> [tokens, GPU-s] of its prefill chunks not delivered
+        self._out_tokens: dict[str, int] = {}     # tokens delivered since update_from_output last returned
+        self._out_gpu: dict[str, float] = {}      # weighted GPU-seconds delivered since then
+        self._now = 0.0                           # the time of the last call that can deliver charges
+        policy.settle_owed = self._settle_owed
 
     # arrivals -----------------------------------------------------------------------------------
     def add_request(self, req: Request, now: float) -> bool:
@@ -110,6 +127,10 @@ class Scheduler:
             req.rejected = True
             self.rejected.append(req)
             return False
+        if (self._mark or self._extra) and not self.policy.queues.get(req.client):
+            # the lift (when the client's queue becomes non-empty) reads the counters of every waiting client and
+            # of the arriving one
+            self._settle_waiting(now, req.client)
         self.policy.add(req, now, self.running_by_client)
         return True
 
@@ -176,7 +197,12 @@ class Scheduler:
         (input + 1, max_new_tokens - 1) for a new one; a recomputed one holds its generated tokens too."""
         return r.prompt_tokens + r.generated + 1, self._reserved_output(r) - r.generated - 1
 
-    def _start_decoding(self, r: Request) -> None:
+    def _start_decoding(self, r: Request, now: float) -> None:
+        c = r.client
+        if c in self._mark:
+            self._settle((c,), now)   # its charges so far at its old decoding set
+        else:
+            self._mark[c] = (self.dec.steps, self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s)
         self.dec.add(r)
         r.gpu_mark = (self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s)
         if self.b.admission == "slora":
@@ -184,9 +210,13 @@ class Scheduler:
             self._peak.set(r.rid, self._reserved_output(r) - r.generated + r.dstart - 1,
                            r.prefilled + r.decoded - r.dstart + 1)
 
-    def _stop_decoding(self, r: Request) -> None:
+    def _stop_decoding(self, r: Request, now: float) -> None:
+        c = r.client
+        self._settle((c,), now)      # its charges so far at its old decoding set
         self.dec.remove(r)
         self._peak.pop(r.rid)
+        if c not in self.dec.per_client:
+            del self._mark[c]
 
     @property
     def kv_total(self) -> int:
@@ -205,6 +235,7 @@ class Scheduler:
 
     # one iteration --------------------------------------------------------------------------------
     def schedule(self, now: float) -> SchedulerOutput:
+        self._now = now
         out = SchedulerOutput(_batch=self.dec)
         n_dec = len(self.dec)
         if self.b.chunked_prefill:
@@ -348,6 +379,7 @@ class Scheduler:
     def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
         """The head request waits for KV room while a client far ahead of it in the policy's order holds the
         batch: evict that client's newest request (recomputed later) if that lets the head in."""
+        self.settle(now)   # the policy compares the priorities of the running clients
         c = self.policy.preempt_candidate(head.client, self.running_by_client)
         if c is None:
             return False
@@ -395,14 +427,16 @@ class Scheduler:
         else:
             del rbc[r.client]
 
-    def _leave_decoding(self, r: Request) -> None:
-        self._stop_decoding(r)
+    def _leave_decoding(self, r: Request, now: float) -> None:
+        self._stop_decoding(r, now)
         if self.attribute_gpu:
             self._settle_decode_gpu(r)
 
     def _evict(self, r: Request, now: float) -> None:
+        if r.client in self._extra:
+            self._settle((r.client,), now)  # the policy takes the request's measured GPU time back out
         if r in self.dec:
-            self._leave_decoding(r)
+            self._leave_decoding(r, now)
         else:
             self.prefilling.remove(r)
             self.pre_kv -= r.prefilled
@@ -480,10 +514,10 @@ class Scheduler:
         With attribute_gpu, `dt` is handed to the sequences physically (Profile.split, scaled to `dt`): prefill
         chunks their compute, decodes the shared weight read and their own KV reads; per client in
         `last_gpu` (weighted), per request in `Request.gpu_s` when it leaves the batch. Returns the output
-        tokens emitted per client."""
+        tokens per client delivered to the policy since the last call (decode charges are delivered lazily:
+        module doc; ``settle()`` delivers the rest), and sets ``last_gpu`` to the GPU-seconds delivered with them."""
         k = out.steps
-        tokens: dict[str, int] = {}
-        gpu: dict[str, float] = {}
+        self._now = now
         prefills = out.prefills
         dec = self.dec
         attribute = self.attribute_gpu
@@ -493,59 +527,56 @@ class Scheduler:
             s0 = dec.steps
             dec.advance(k)
             if attribute:
-                # every decoding sequence pays seq, plus coef per KV token it held (x_r + s0) and coef_j
-                seq, coef, coef_j = seq * scale, coef * scale, coef_j * scale
-                self.decode_gpu += seq
+                # every decoding sequence pays seq, plus coef per KV token it held (x_r + s0) and coef_j: kept in
+                # the accumulators, delivered per client when it matters (_settle)
+                coef = coef * scale
+                self.decode_gpu += seq * scale
                 self.decode_kv_coef += coef
-                self.decode_kv_coef_s += coef * s0 + coef_j
-                w_of, kvc = self.w_of, dec.kv_client
-                for c, n in dec.per_client.items():
-                    tokens[c] = n * k
-                    gpu[c] = (n * (seq + coef_j) + coef * (kvc[c] + n * s0)) / w_of[c]
-            else:
-                for c, n in dec.per_client.items():
-                    tokens[c] = n * k
+                self.decode_kv_coef_s += coef * s0 + coef_j * scale
             if not prefills:
                 self.decode_iters += k
         done: list[Request] = []
+        extra = self._extra    # prefill charges are delivered lazily too (_settle)
         for j, (r, c) in enumerate(prefills):
             c *= k  # (more than one step only for the full-budget chunks of one long prompt)
             r.prefilled += c
             self.pre_kv += c
             client = r.client
+            ex = extra.get(client)
+            if ex is None:
+                ex = extra[client] = [0, 0.0]
             if attribute:
                 g = parts[j] * scale / r.weight
                 r.gpu_s += g
-                gpu[client] = gpu.get(client, 0.0) + g
+                ex[1] += g
             if r.prefilled >= r.prefill_goal:  # prefill complete: it emits a token and starts decoding
                 if r.first_token is None:
                     r.first_token = now
                 r.generated += 1
-                tokens[client] = tokens.get(client, 0) + 1
+                ex[0] += 1
                 self.prefilling.remove(r)
                 self.pre_kv -= r.prefilled
                 if r.generated >= r.output_tokens:
                     done.append(r)
                 else:
-                    self._start_decoding(r)
-        self.last_gpu = gpu
-        self.policy.on_step(tokens, gpu, now)
-        used = self.gpu_used
-        for c, g in gpu.items():
-            used[c] += g
+                    self._start_decoding(r, now)
         if self.b.adaptive and out.decode:
             self._adapt(dt / k, k, bool(out.preempted))
-        peak = self._peak
-        for r in dec.pop_finished():
-            if attribute:
-                self._settle_decode_gpu(r)
-            peak.pop(r.rid)
-            done.append(r)
+        due = dec.due()
+        if due:
+            for r in due:
+                self._stop_decoding(r, now)
+                if attribute:
+                    self._settle_decode_gpu(r)
+                done.append(r)
+        tokens, self.last_gpu = self.take_delivered()
         if not done:
             return tokens
         if len(done) > 1:
             done.sort(key=lambda r: r.seq)
         for r in done:
+            if r.client in extra:
+                self._settle((r.client,), now)  # (a finish in prefill: one output token)
             del self.running[r.rid]
             self._leave_batch(r)
             self.reserved -= r.reserved_kv
@@ -557,6 +588,75 @@ class Scheduler:
                 self.predictor.observe(r.client, r.prompt_tokens, r.output_tokens)
             self.policy.on_finish(r, now)
         return tokens
+
+    # lazy decode charges (module doc) ------------------------------------------------------------
+    def _deliver(self, tokens: dict[str, int], gpu: dict[str, float], now: float) -> None:
+        """Hand charges to the policy and count them (gpu_used, and what update_from_output / settle return)."""
+        self.policy.on_step(tokens, gpu, now)
+        used, ot, og = self.gpu_used, self._out_tokens, self._out_gpu
+        for c, n in tokens.items():
+            ot[c] = ot.get(c, 0) + n
+        for c, g in gpu.items():
+            used[c] += g
+            og[c] = og.get(c, 0.0) + g
+
+    def _settle(self, clients, now: float) -> None:
+        """Deliver the decode charges owed to these decoding clients since they were last delivered."""
+        mark, dec = self._mark, self.dec
+        steps = dec.steps
+        tokens: dict[str, int] = {}
+        gpu: dict[str, float] = {}
+        u, a, b = self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s
+        per, kvc, w_of, attribute = dec.per_client, dec.kv_client, self.w_of, self.attribute_gpu
+        extra = self._extra
+        for c in clients:
+            m = mark.get(c)
+            if m is not None and m[0] != steps:
+                s0, u0, a0, b0 = m
+                n = per[c]
+                tokens[c] = n * (steps - s0)
+                if attribute:
+                    gpu[c] = (n * (u - u0 + b - b0) + kvc[c] * (a - a0)) / w_of[c]
+                mark[c] = (steps, u, a, b)
+            ex = extra.pop(c, None)
+            if ex is not None:
+                if ex[0]:
+                    tokens[c] = tokens.get(c, 0) + ex[0]
+                if attribute:
+                    gpu[c] = gpu.get(c, 0.0) + ex[1]
+        if tokens or gpu:
+            self._deliver(tokens, gpu, now)
+
+    def _settle_owed(self, client: str) -> bool:
+        """Policy.settle_owed: deliver what is owed to the client now; whether anything was."""
+        m = self._mark.get(client)
+        if (m is None or m[0] == self.dec.steps) and client not in self._extra:
+            return False
+        self._settle((client,), self._now)
+        return True
+
+    def _settle_waiting(self, now: float, also: str | None = None) -> None:
+        """Deliver what is owed to the decoding clients that wait (and to `also` if it decodes)."""
+        q = self.policy.queues
+        owed = [c for c in self._mark if c == also or q.get(c)]
+        owed += [c for c in self._extra if (c == also or q.get(c)) and c not in self._mark]
+        if owed:
+            self._settle(owed, now)
+
+    def settle(self, now: float | None = None) -> None:
+        """Deliver every charge owed: the policy's counters and gpu_used are then current (call it before reading
+        them between iterations). now: the time handed to the policy (default: the last one the scheduler was
+        given)."""
+        now = self._now if now is None else now
+        if self._mark or self._extra:
+            self._settle(list(self._mark) + [c for c in self._extra if c not in self._mark], now)
+
+    def take_delivered(self) -> tuple[dict[str, int], dict[str, float]]:
+        """The output tokens and weighted GPU-seconds per client delivered to the policy since update_from_output
+        or this last returned them (for a caller that accumulates them, as the simulator does before a sample)."""
+        tokens, self._out_tokens = self._out_tokens, {}
+        gpu, self._out_gpu = self._out_gpu, {}
+        return tokens, gpu
 
     def _split(self, out: SchedulerOutput, dt: float) -> tuple[list[float], float, float, float, float]:
         """The iteration's (or fold's) modelled time split physically (Profile.split, summed over the folded
@@ -596,9 +696,13 @@ class Scheduler:
         it was cancelled (client gone, engine failed, shutdown). Call between iterations. Returns False when the
         request is neither waiting nor running (already finished or released)."""
         if req.rid not in self.running:
+            if req.client in self._mark or req.client in self._extra:
+                self._settle((req.client,), now)  # the policy re-keys the client
             return self.policy.remove(req, now)
+        if req.client in self._extra:
+            self._settle((req.client,), now)
         if req in self.dec:
-            self._leave_decoding(req)
+            self._leave_decoding(req, now)
         else:
             self.prefilling.remove(req)
             self.pre_kv -= req.prefilled

@@ -81,8 +81,10 @@ class _Oracle(Scheduler):
             self.expected[r.rid] = self.expected.get(r.rid, 0.0) + x
             got += x
         assert got == pytest.approx(dt, rel=1e-9)
+        self.settle(now)  # decode charges are delivered lazily: gpu_used is current after a settle
         before = sum(self.gpu_used.values())
         tokens = super().update_from_output(out, now, dt)
+        self.settle(now)
         assert sum(self.gpu_used.values()) - before == pytest.approx(dt, rel=1e-9)  # equal weights here
         return tokens
 

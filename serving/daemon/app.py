@@ -127,6 +127,7 @@ class Daemon:
         log.info("restored fairness counters of %d clients from %s", len(snap.usage), self.store.path)
 
     def snapshot(self) -> Snapshot:
+        self.backend.scheduler.settle()  # charges the scheduler delivers lazily are counted
         return Snapshot(self.cfg.policy, self.backend.scheduler.policy.counters(),
                         {c: Usage(u.requests, u.prompt_tokens, u.completion_tokens) for c, u in self.usage.items()},
                         time.time())
@@ -139,6 +140,7 @@ class Daemon:
     def state(self) -> dict:
         """The daemon's live state (metrics gauges, /admin/counters)."""
         s = self.backend.scheduler
+        s.settle()  # charges the scheduler delivers lazily are counted
         pol = s.policy
         prio = getattr(pol, "priority", None)
         clients = sorted(set(self.clients) | set(s.w_of))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import heapq
 from collections import deque
+from collections.abc import Callable
 from serving.engine.behaviour import ENGINES, EngineBehaviour, EngineName
 from serving.request import Request
 
@@ -57,6 +58,9 @@ class Policy(abc.ABC):
         self.rep: dict[str, Request] = {}   # a request of each client seen (a client's requests share its weight)
         self.backlog_log: list[tuple[float, str, bool]] = []  # (time, client, queue now non-empty / empty)
         self.heads_version = 0              # changes whenever some client's head request may have changed
+        # the engine's lazily delivered charges (serving.scheduler): settle_owed(client) delivers what is owed to
+        # the client through on_step and says whether anything was; None: every charge arrives eagerly
+        self.settle_owed: Callable[[str], bool] | None = None
 
     @classmethod
     def default_behaviour(cls) -> EngineBehaviour:
@@ -170,8 +174,12 @@ class Policy(abc.ABC):
         return None
 
     def on_step(self, tokens: dict[str, int], gpu_seconds: dict[str, float], now: float) -> None:
-        """One engine step's results: output tokens and measured (weighted) GPU-seconds per client.
-        The scheduler calls this once per step; the default hands each client's tokens to on_tokens."""
+        """Output tokens and measured (weighted) GPU-seconds per client, as the engine delivers them: the
+        scheduler delivers prefill charges every step and decode charges lazily (before any event of the client
+        and whenever `settle_owed` is called), so charges may arrive later than the tokens were made, never
+        after an event of their client. A policy that orders clients by counters these charges raise must call
+        `settle_owed` on the client it is about to choose (a client's owed charges only raise its priority: a
+        key computed before them is a lower bound). The default hands each client's tokens to on_tokens."""
         for c, n in tokens.items():
             self.on_tokens(self.rep[c], n, now)
         self.on_iteration(gpu_seconds, now)

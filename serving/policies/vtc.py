@@ -41,13 +41,18 @@ class VTCPolicy(Policy):
         self._dirty.add(client)
 
     def next_client(self):
-        if self._dirty:
-            q, heap = self.queues, self.heap
-            for c in self._dirty:
-                if q.get(c):
-                    heap.set(c, self.priority(c))
-            self._dirty.clear()
-        return self.heap.peek()
+        # the engine delivers decode charges lazily (Policy.on_step): a running client's key may be a lower bound
+        # of its priority. Charges only raise it, so the top is the answer once its own owed charges are in
+        q, heap, settle = self.queues, self.heap, self.settle_owed
+        while True:
+            if self._dirty:
+                for c in self._dirty:
+                    if q.get(c):
+                        heap.set(c, self.priority(c))
+                self._dirty.clear()
+            top = heap.peek()
+            if top is None or settle is None or not settle(top):
+                return top
 
     def on_arrival(self, req, now, newly_backlogged, running):
         c = req.client

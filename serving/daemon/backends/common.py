@@ -93,6 +93,7 @@ class SchedulerHost:
 
     def rebuild_after_fault(self) -> None:
         """A fault inside the engine loop: fail what was held, keep the fairness counters, start clean."""
+        self.scheduler.settle()
         saved = self.scheduler.policy.counters()
         self.fail_all(500, "internal engine error; the request was not completed")
         self.scheduler = self._new_scheduler()
