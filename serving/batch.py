@@ -19,6 +19,7 @@ The aggregates the scheduler needs every iteration are kept incrementally:
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 
 import numpy as np
@@ -181,10 +182,10 @@ class PeakTable:
         if self._cache is None:
             n = len(self.entries)
             if n:
-                fx = np.array(list(self.entries.values()), dtype=float)   # (n, 2)
-                order = np.argsort(-fx[:, 0], kind="stable")
-                f = fx[order, 0]
-                cum_x = np.cumsum(fx[order, 1])
+                fx = np.fromiter(itertools.chain.from_iterable(self.entries.values()), float, 2 * n).reshape(n, 2)
+                fx = fx[np.argsort(-fx[:, 0], kind="stable")]
+                f = fx[:, 0]
+                cum_x = fx[:, 1].cumsum()
                 terms = f * np.arange(1, n + 1) + cum_x
                 self._cache = (f, cum_x, terms, np.maximum.accumulate(terms), -f)
             else:
