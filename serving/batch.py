@@ -18,6 +18,7 @@ The aggregates the scheduler needs every iteration are kept incrementally:
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import itertools
 import math
@@ -165,6 +166,8 @@ class PeakTable:
     def __init__(self):
         self.entries: dict[int, tuple[int, int]] = {}   # rid -> (F, X)
         self._cache: tuple | None = None
+        self._neg_f: list[float] = []
+        self._tails: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -177,6 +180,16 @@ class PeakTable:
         if self.entries.pop(rid, None) is not None:
             self._cache = None
 
+    def _tail(self, e: int) -> np.ndarray:
+        """Suffix maxima of terms_k + e * F_k (the decoders sorted after all `e` extra entries), per e, for the
+        arrays of the current membership."""
+        got = self._tails.get(e)
+        if got is None:
+            _, _, terms, _, _ = self.arrays()
+            f = self._cache[0]
+            got = self._tails[e] = np.maximum.accumulate((terms + e * f)[::-1])[::-1]
+        return got
+
     def arrays(self):
         """(F sorted descending, cumulative X in that order, the terms F_k * k + cumX_k, their prefix maximum)."""
         if self._cache is None:
@@ -188,9 +201,12 @@ class PeakTable:
                 cum_x = fx[:, 1].cumsum()
                 terms = f * np.arange(1, n + 1) + cum_x
                 self._cache = (f, cum_x, terms, np.maximum.accumulate(terms), -f)
+                self._neg_f = (-f).tolist()   # for bisect: a scalar search costs less than numpy's call
             else:
                 z = np.zeros(0)
                 self._cache = (z, z, z, z, z)
+                self._neg_f = []
+            self._tails = {}
         return self._cache
 
     def need(self, steps: int, extra: list[tuple[int, int]]) -> int:
@@ -204,8 +220,9 @@ class PeakTable:
         best = -math.inf
         held_before = 0.0   # held tokens of the extra entries sorted before
         prev = 0            # decoding requests sorted before the current extra entry
-        for i, (h, left) in enumerate(sorted(extra, key=lambda e: -e[1])):
-            m = int(np.searchsorted(neg_f, -(left + s), side="left"))  # decoders with F - s > left
+        neg = self._neg_f
+        for i, (h, left) in enumerate(sorted(extra, key=lambda e: -e[1]) if len(extra) > 1 else extra):
+            m = bisect.bisect_left(neg, -(left + s))  # decoders with F - s > left
             if m > prev:  # decoders prev..m-1 have i extra entries sorted before them
                 seg = prefix[m - 1] if i == 0 else (terms[prev:m] + i * (f[prev:m] - s)).max() + held_before
                 best = max(best, seg)
@@ -214,5 +231,5 @@ class PeakTable:
             prev = m
         if prev < n:
             e = len(extra)
-            best = max(best, (terms[prev:] + e * (f[prev:] - s)).max() + held_before)
+            best = max(best, float(self._tail(e)[prev]) - e * s + held_before)
         return int(best)

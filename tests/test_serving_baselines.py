@@ -197,7 +197,7 @@ def test_peak_table_against_the_formula():
         return best
 
     rng = random.Random(7)
-    for _ in range(400):
+    for _ in range(1000):
         t = PeakTable()
         s = rng.randrange(0, 50)
         entries = []
@@ -208,7 +208,16 @@ def test_peak_table_against_the_formula():
         if entries and rng.random() < 0.3:
             t.pop(0)
             entries.pop(0)
-        extra = [(rng.randrange(1, 400), rng.randrange(0, 300)) for _ in range(rng.randrange(0, 4))]
+        # several tests on one membership (its sorted arrays are kept between them), later steps included
+        for s2 in (s, s + rng.randrange(0, 20), s):
+            extra = [(rng.randrange(1, 400), rng.randrange(0, 300)) for _ in range(rng.randrange(0, 4))]
+            if s2 > s and entries:
+                s2 = min(s2, min(f for f, _ in entries))  # no decoder past its reserved output
+            assert t.need(s2, extra) == brute(entries, s2, extra), (entries, s2, extra)
+        f, x = s + rng.randrange(0, 300), rng.randrange(1, 500) - s   # a request joins: the arrays are rebuilt
+        t.set(99, f, x)
+        entries.append((f, x))
+        extra = [(rng.randrange(1, 400), rng.randrange(0, 300)) for _ in range(rng.randrange(1, 4))]
         assert t.need(s, extra) == brute(entries, s, extra), (entries, s, extra)
 
 
