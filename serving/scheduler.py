@@ -651,6 +651,30 @@ class Scheduler:
         if self._mark or self._extra:
             self._settle(list(self._mark) + [c for c in self._extra if c not in self._mark], now)
 
+    def owed(self) -> list[tuple[str, int, float]]:
+        """(client, tokens, weighted GPU-seconds) not yet delivered, per client that is owed any, without
+        delivering them (for a reader of totals that must not move the policy's state, as the simulator's
+        samples)."""
+        mark, dec, extra = self._mark, self.dec, self._extra
+        steps = dec.steps
+        u, a, b = self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s
+        per, kvc, w_of, attribute = dec.per_client, dec.kv_client, self.w_of, self.attribute_gpu
+        out = []
+        for c, (s0, u0, a0, b0) in mark.items():
+            n = per[c]
+            t = n * (steps - s0)
+            g = (n * (u - u0 + b - b0) + kvc[c] * (a - a0)) / w_of[c] if attribute and t else 0.0
+            ex = extra.get(c)
+            if ex is not None:
+                t += ex[0]
+                g += ex[1]
+            if t or g:
+                out.append((c, t, g))
+        for c, ex in extra.items():
+            if c not in mark:
+                out.append((c, ex[0], ex[1]))
+        return out
+
     def take_delivered(self) -> tuple[dict[str, int], dict[str, float]]:
         """The output tokens and weighted GPU-seconds per client delivered to the policy since update_from_output
         or this last returned them (for a caller that accumulates them, as the simulator does before a sample)."""

@@ -141,13 +141,12 @@ class Simulator:
             compute += comp
             iterations += k
             if now >= next_sample:
-                self._settle(now)
                 self._sample(res, now)
                 next_sample = now + self.sample_dt
             if progress is not None and len(s.finished) != done_before:
                 progress.update(len(s.finished) - done_before)
                 done_before = len(s.finished)
-        self._settle(now)
+        s.settle(now)
         self._sample(res, now)
         self._table.finish(res)
         res.rejected = len(s.rejected)
@@ -157,10 +156,8 @@ class Simulator:
         res.preemptions = s.preemptions
         return res
 
-    def _settle(self, now: float) -> None:
-        """Bring the service and GPU totals up to date: the charges the scheduler has not delivered yet (it
-        delivers them lazily), and those delivered since the last sample."""
-        self.s.settle(now)
+    def _totals(self) -> None:
+        """Bring the service and GPU totals up to date with the charges delivered since the last sample."""
         tokens, gpu = self.s.take_delivered()
         ps, pg, w_q = self._pend_svc, self._pend_gpu, self.w_q
         for client, n in tokens.items():
@@ -212,7 +209,9 @@ class Simulator:
         active = back.copy()
         for c in s.running_by_client:
             active[idx[c]] = True
-        self._table.add(now, self._svc, back, active, self._gpu)
+        self._totals()
+        # the row holds what the scheduler owes too (delivered lazily: reading it leaves the policy's state as is)
+        self._table.add(now, self._svc, back, active, self._gpu, [(idx[c], self.w_q * t, g) for c, t, g in s.owed()])
 
 
 class _Table:
@@ -228,7 +227,8 @@ class _Table:
         self.back = np.zeros((self.cap, clients), bool)
         self.act = np.zeros((self.cap, clients), bool)
 
-    def add(self, t, svc, back, act, gpu) -> None:
+    def add(self, t, svc, back, act, gpu, owed=()) -> None:
+        """A row: the totals, plus `owed` (client index, service, GPU-seconds) added to this row only."""
         if self.n == self.cap:
             self.cap += self.cap // 4 + 16
             for k in ("t", "svc", "gpu", "back", "act"):
@@ -243,6 +243,11 @@ class _Table:
         self.gpu[i] = gpu
         self.back[i] = back
         self.act[i] = act
+        if owed:
+            srow, grow = self.svc[i], self.gpu[i]
+            for j, x, g in owed:
+                srow[j] += x
+                grow[j] += g
         self.n += 1
 
     def finish(self, res: SimResult) -> None:
