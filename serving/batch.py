@@ -185,13 +185,13 @@ class PeakTable:
         arrays of the current membership."""
         got = self._tails.get(e)
         if got is None:
-            _, _, terms, _, _ = self.arrays()
-            f = self._cache[0]
+            f, _, terms, _ = self.arrays()
             got = self._tails[e] = np.maximum.accumulate((terms + e * f)[::-1])[::-1]
         return got
 
     def arrays(self):
-        """(F sorted descending, cumulative X in that order, the terms F_k * k + cumX_k, their prefix maximum)."""
+        """(F sorted descending, cumulative X in that order, the terms F_k * k + cumX_k, their prefix maximum);
+        -F as a list, for bisect (a scalar search costs less than numpy's call), in `_neg_f`."""
         if self._cache is None:
             n = len(self.entries)
             if n:
@@ -200,11 +200,11 @@ class PeakTable:
                 f = fx[:, 0]
                 cum_x = fx[:, 1].cumsum()
                 terms = f * np.arange(1, n + 1) + cum_x
-                self._cache = (f, cum_x, terms, np.maximum.accumulate(terms), -f)
-                self._neg_f = (-f).tolist()   # for bisect: a scalar search costs less than numpy's call
+                self._cache = (f, cum_x, terms, np.maximum.accumulate(terms))
+                self._neg_f = (-f).tolist()
             else:
                 z = np.zeros(0)
-                self._cache = (z, z, z, z, z)
+                self._cache = (z, z, z, z)
                 self._neg_f = []
             self._tails = {}
         return self._cache
@@ -212,7 +212,7 @@ class PeakTable:
     def need(self, steps: int, extra: list[tuple[int, int]]) -> int:
         """max_k(left_k * k + sum_{i<=k} held_i) over the decoding requests and `extra` (held, left) entries,
         sorted by left descending."""
-        f, cum_x, terms, prefix, neg_f = self.arrays()
+        f, cum_x, terms, prefix = self.arrays()
         n = len(f)
         if not extra:
             return int(prefix[-1]) if n else 0

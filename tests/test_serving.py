@@ -486,6 +486,41 @@ def test_service_tables_count_every_charge(engine):
     assert max(abs(v) for v in pol.gpu_pred_run.values()) < 1e-9
 
 
+def test_weighted_gpu_time_is_charged_once_per_weight():
+    """Weighted clients: the GPU-seconds each client is charged (lazily, in the tables and per request) are its
+    share of the GPU's time divided by its weight, so the weights times the charges add up to the GPU's time."""
+    wl = load_workload("sharegpt", n=300, rate=6.0, clients=6)
+    w = {c: 1.0 + i for i, c in enumerate(sorted({r.client for r in wl.requests}))}
+    reqs = [R(r.rid, r.client, r.arrival, r.prompt_tokens, r.output_tokens, weight=w[r.client],
+              max_new_tokens=r.max_new_tokens) for r in wl.requests]
+    sched = Scheduler(make_policy("equinox"), get_profile("a100-llama2-7b"))
+    res = Simulator(sched, reqs).run()
+    assert res.preemptions == 0
+    gpu = dict(zip(res.clients, res.samples_gpu[-1]))
+    per_req = {}
+    for r in reqs:
+        per_req[r.client] = per_req.get(r.client, 0.0) + r.gpu_s
+    assert gpu == pytest.approx(per_req, rel=1e-9)
+    assert sum(g * w[c] for c, g in gpu.items()) == pytest.approx(res.busy, rel=1e-6)
+
+
+def test_a_lift_sees_the_prefill_charges_not_yet_delivered():
+    """b's queue becomes non-empty while a, the only waiting peer, has a prompt half prefilled (its chunk's GPU
+    time not yet delivered to the policy): the lift raises b's resource counter to a's, that chunk included.
+    (The engine reports the chunk as 5 s, past the prediction made at admission, so the measurement counts.)"""
+    pol = make_policy("equinox")
+    sched = Scheduler(pol, get_profile("a100-llama2-7b"))
+    for i in range(2):
+        assert sched.add_request(R(i, "a", 0.0, 3000, 10, max_new_tokens=10), 0.0)
+    out = sched.schedule(0.0)
+    assert [r.rid for r in out.admitted] == [0] and pol.queues["a"]   # a's first prompt takes the whole budget
+    sched.update_from_output(out, 5.0, 5.0)
+    assert sched.add_request(R(5, "b", 5.0, 100, 10, max_new_tokens=10), 5.0)
+    sched.settle()
+    assert pol.gpu_meas_run["a"] == pytest.approx(5.0) and pol.gpu_meas_run["a"] > pol.gpu_pred_run["a"]
+    assert pol.rfc("b") == pytest.approx(pol.rfc("a"), rel=1e-12)
+
+
 def test_charges_owed_when_a_request_leaves_in_prefill_are_kept_apart():
     """A request evicted (or cancelled) in the middle of its prefill, with its chunks' GPU time not yet delivered
     to the policy: the charges are delivered before it leaves, so the resource counter keeps a finished
