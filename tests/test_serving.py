@@ -602,8 +602,23 @@ def test_decoding_past_a_finish_is_an_error():
     r.prefilled, r.generated, r.seq = 10, 1, 1
     ds.add(r)
     ds.advance(6)  # 4 steps were left
-    with pytest.raises(RuntimeError, match="past its last token"):
+    with pytest.raises(RuntimeError, match="request 1 was decoded 2 steps past its last token"):
         ds.pop_finished()
+
+
+def test_due_requests_are_found_at_their_step_whatever_their_admission_order():
+    """A request admitted late (a large admission sequence number) that finishes early is due at its step: the
+    finish heap is keyed by step, the sequence number only breaks ties (admission order among the due)."""
+    from serving.batch import DecodeSet
+    ds = DecodeSet(1)
+    late, early = R(1, "a", 0.0, 10, 2), R(2, "b", 0.0, 10, 2)
+    for r, seq in ((late, 50), (early, 40)):
+        r.prefilled, r.generated, r.seq = 10, 1, seq
+        ds.add(r)
+    assert ds.due() == []
+    ds.advance(1)
+    assert ds.due() == [early, late] and len(ds) == 2   # found, in admission order, still members
+    assert ds.due() == []                                # each returned once
 
 
 # bad input ---------------------------------------------------------------------------------------------

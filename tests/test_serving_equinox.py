@@ -130,6 +130,7 @@ def test_attribution_off_leaves_measurement_to_the_engine():
         out = s.schedule(1.0)
         s.update_from_output(out, 1.0, 0.01)
     assert pol.rfc("a") == pytest.approx(0.25)
+    assert pol.counter["a"] == 300 + 2 * 5   # the tokens are charged all the same, the first one included
 
 
 # the holistic score on a shape-skewed workload ----------------------------------------------------------
