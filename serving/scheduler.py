@@ -16,7 +16,9 @@ matter: before the client's decoding set changes, before any policy event of the
 finish, eviction, cancellation), when the policy is about to choose it (``Policy.settle_owed``: owed charges only
 raise a priority, so a stale key is a lower bound and only the clients that reach the top of the policy's order
 are settled), before VTC's lift for every client that waits, before a fair-preemption look for every decoding
-client, and on ``settle()`` (the simulator's samples, the daemon's counter reads). The sums delivered are those of the eager per-step charges (up to float rounding).
+client, and on ``settle()`` (the daemon's counter reads, the end of a simulation). ``owed()`` reads what is owed
+without delivering it (the simulator's samples). The sums delivered are those of the eager per-step charges (up
+to float rounding).
 """
 
 from __future__ import annotations
@@ -600,30 +602,44 @@ class Scheduler:
             used[c] += g
             og[c] = og.get(c, 0.0) + g
 
+    def _owed_by(self, c: str) -> tuple[int, float] | None:
+        """(tokens, weighted GPU-seconds) owed to client c (decode since its mark, plus its prefill chunks), or
+        None when nothing is."""
+        m, ex = self._mark.get(c), self._extra.get(c)
+        t, g = (0, 0.0) if ex is None else ex
+        dec = self.dec
+        if m is not None and m[0] != dec.steps:
+            s0, u0, a0, b0 = m
+            n = dec.per_client[c]
+            t += n * (dec.steps - s0)
+            if self.attribute_gpu:
+                g += (n * (self.decode_gpu - u0 + self.decode_kv_coef_s - b0)
+                      + dec.kv_client[c] * (self.decode_kv_coef - a0)) / self.w_of[c]
+        elif ex is None:
+            return None
+        return t, g
+
+    def _owing(self) -> list[str]:
+        """The clients that may be owed something (decoding, or with prefill chunks not delivered)."""
+        return list(dict.fromkeys([*self._mark, *self._extra]))
+
     def _settle(self, clients, now: float) -> None:
-        """Deliver the decode charges owed to these decoding clients since they were last delivered."""
-        mark, dec = self._mark, self.dec
-        steps = dec.steps
+        """Deliver what is owed to these clients and move their marks to now."""
+        mark, extra, attribute = self._mark, self._extra, self.attribute_gpu
         tokens: dict[str, int] = {}
         gpu: dict[str, float] = {}
-        u, a, b = self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s
-        per, kvc, w_of, attribute = dec.per_client, dec.kv_client, self.w_of, self.attribute_gpu
-        extra = self._extra
+        now_mark = (self.dec.steps, self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s)
         for c in clients:
-            m = mark.get(c)
-            if m is not None and m[0] != steps:
-                s0, u0, a0, b0 = m
-                n = per[c]
-                tokens[c] = n * (steps - s0)
-                if attribute:
-                    gpu[c] = (n * (u - u0 + b - b0) + kvc[c] * (a - a0)) / w_of[c]
-                mark[c] = (steps, u, a, b)
-            ex = extra.pop(c, None)
-            if ex is not None:
-                if ex[0]:
-                    tokens[c] = tokens.get(c, 0) + ex[0]
-                if attribute:
-                    gpu[c] = gpu.get(c, 0.0) + ex[1]
+            o = self._owed_by(c)
+            if o is None:
+                continue
+            if o[0]:
+                tokens[c] = o[0]
+            if attribute:
+                gpu[c] = o[1]
+            if c in mark:
+                mark[c] = now_mark
+            extra.pop(c, None)
         if tokens or gpu:
             self._deliver(tokens, gpu, now)
 
@@ -631,15 +647,14 @@ class Scheduler:
         """Policy.settle_owed: deliver what is owed to the client now; whether anything was."""
         m = self._mark.get(client)
         if (m is None or m[0] == self.dec.steps) and client not in self._extra:
-            return False
+            return False   # (the cheap test: this runs before every decision)
         self._settle((client,), self._now)
         return True
 
     def _settle_waiting(self, now: float, also: str | None = None) -> None:
         """Deliver what is owed to the decoding clients that wait (and to `also` if it decodes)."""
         q = self.policy.queues
-        owed = [c for c in self._mark if c == also or q.get(c)]
-        owed += [c for c in self._extra if (c == also or q.get(c)) and c not in self._mark]
+        owed = [c for c in self._owing() if c == also or q.get(c)]
         if owed:
             self._settle(owed, now)
 
@@ -649,30 +664,17 @@ class Scheduler:
         given)."""
         now = self._now if now is None else now
         if self._mark or self._extra:
-            self._settle(list(self._mark) + [c for c in self._extra if c not in self._mark], now)
+            self._settle(self._owing(), now)
 
     def owed(self) -> list[tuple[str, int, float]]:
         """(client, tokens, weighted GPU-seconds) not yet delivered, per client that is owed any, without
         delivering them (for a reader of totals that must not move the policy's state, as the simulator's
         samples)."""
-        mark, dec, extra = self._mark, self.dec, self._extra
-        steps = dec.steps
-        u, a, b = self.decode_gpu, self.decode_kv_coef, self.decode_kv_coef_s
-        per, kvc, w_of, attribute = dec.per_client, dec.kv_client, self.w_of, self.attribute_gpu
         out = []
-        for c, (s0, u0, a0, b0) in mark.items():
-            n = per[c]
-            t = n * (steps - s0)
-            g = (n * (u - u0 + b - b0) + kvc[c] * (a - a0)) / w_of[c] if attribute and t else 0.0
-            ex = extra.get(c)
-            if ex is not None:
-                t += ex[0]
-                g += ex[1]
-            if t or g:
-                out.append((c, t, g))
-        for c, ex in extra.items():
-            if c not in mark:
-                out.append((c, ex[0], ex[1]))
+        for c in self._owing():
+            o = self._owed_by(c)
+            if o is not None and (o[0] or o[1]):
+                out.append((c, *o))
         return out
 
     def take_delivered(self) -> tuple[dict[str, int], dict[str, float]]:
