@@ -85,6 +85,7 @@ class Scheduler:
         self._peak = PeakTable()
         self._virtual: tuple[int, int] = (0, 0)   # the smallest (held, left) over the waiting heads ...
         self._virtual_key: tuple | None = None    # ... as of this policy heads version (and predictor version)
+        self._blocked_entry: tuple[int, int] | None = None  # the head's (held, left) when it is the only candidate
         self.rejected: list[Request] = []         # refused at arrival by the policy's admission control
         # KV fits by construction (no preemption) when whole outputs are reserved token- or block-exactly
         self._kv_guaranteed = self.b.reserve == "full" and (self.b.admission == "sum" or self.bt == 1)
@@ -334,10 +335,18 @@ class Scheduler:
         head may change (counters grow), so unless the policy's head is fixed, every waiting client's head
         counts; the KV test only loosens when a request finishes, so False holds until then."""
         pol = self.policy
+        self._blocked_entry = None
         if len(self.running) >= self.b.max_batch:
             return False
         if not pol.head_moves_on_decode:
             return self._fits(pol.peek())
+        head = pol.peek()
+        if head.client not in self.dec.per_client:
+            # the head's client decodes nothing, so decodes charge it nothing: its priority stays while every
+            # other waiting client's can only rise (charges never lower one), so until a finish, an arrival or
+            # an admission the head stays the head, and it alone is tested
+            self._blocked_entry = self._slora_entry(head) if self.b.admission == "slora" else None
+            return self._fits(head)
         if self.b.admission == "sum":
             return any(self._fits(q[0]) for q in pol.queues.values() if q)
         # S-LoRA's need grows with a candidate's held and remaining tokens: if the smallest of each (over all
@@ -365,7 +374,9 @@ class Scheduler:
         if self.b.admission != "slora" or not self._peak:
             return 1 << 30
         pol = self.policy
-        if pol.head_moves_on_decode:
+        if self._blocked_entry is not None:
+            held, left = self._blocked_entry   # the head stays the head (_admission_possible)
+        elif pol.head_moves_on_decode:
             held, left = self._virtual
         else:
             held, left = self._slora_entry(pol.peek())
@@ -458,6 +469,7 @@ class Scheduler:
         Decode-only iterations fold until a request finishes (or an admission point comes). With chunked prefill,
         iterations that give one long prompt a full-budget chunk also fold: no admission is possible while the
         chunk takes all the room, so until the prompt's last chunk (or a finish) every iteration is alike."""
+        self._blocked_entry = None   # (set by _admission_possible for _blocked_steps, in this call only)
         if out.preempted:
             return 1
         if out.prefills:

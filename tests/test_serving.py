@@ -354,7 +354,11 @@ def _fold_and_step(policy, workload, kw, policy_kw=None):
 
 @pytest.mark.parametrize("policy,workload,kw", [("equinox", "sharegpt", {"n": 400, "rate": 3.0}),
                                                 ("vtc", "sharegpt", {"n": 400, "rate": 3.0}),
-                                                ("equinox", "overload", {})])
+                                                ("equinox", "overload", {}),
+                                                # many clients waiting: the head's own client not decoding, the
+                                                # head stays the head while decodes run (fixed-head folds)
+                                                ("vtc", "sharegpt", {"n": 1500, "rate": 4.0, "clients": 300}),
+                                                ("equinox", "sharegpt", {"n": 1500, "rate": 4.0, "clients": 300})])
 def test_folding_is_exact(policy, workload, kw):
     """Folded decode steps and folded prefill chunks give the schedule of simulating every iteration: same
     admissions, same order, the same times up to float rounding. (Equinox with its token counter only: the
@@ -369,6 +373,27 @@ def test_folding_is_exact(policy, workload, kw):
         for f in ("admitted", "first_token", "finished"):
             assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-9, abs=1e-9), (x.rid, f)
     assert a.busy == pytest.approx(b.busy, rel=1e-9) and a.compute == pytest.approx(b.compute, rel=1e-9)
+
+
+def test_decodes_fold_while_a_head_whose_client_decodes_nothing_cannot_fit():
+    """With hundreds of clients waiting, some waiting head always fits in the smallest-over-all-heads bound, so
+    only a head whose priority cannot move lets blocked decode steps fold: it is found and used."""
+    wl = load_workload("sharegpt", n=1500, rate=4.0, clients=300)
+    seen = {"fixed": 0}
+
+    class Counting(Scheduler):
+        def quiet_steps(self, out):
+            k = super().quiet_steps(out)
+            if k > 1 and not out.prefills and self._blocked_entry is not None:
+                head = self.policy.peek()
+                assert head.client not in self.dec.per_client
+                assert self._blocked_entry == self._slora_entry(head)
+                seen["fixed"] += 1
+            return k
+
+    sched = Counting(make_policy("vtc"), get_profile("a100-llama2-7b"))
+    Simulator(sched, [r.fresh() for r in wl.requests]).run()
+    assert seen["fixed"] > 100
 
 
 def test_folding_keeps_equinox_results():
