@@ -325,7 +325,9 @@ class TraceHeader:
 
 def _open_text(path: Path, mode: str) -> TextIO:
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")
+        # written with a zero timestamp in the gzip header: the same records give the same bytes (so the same
+        # SHA-256 in a manifest and the same dataset fingerprint), whenever they are written
+        return io.TextIOWrapper(gzip.GzipFile(path, mode + "b", mtime=0), encoding="utf-8")
     return open(path, mode, encoding="utf-8")
 
 

@@ -186,3 +186,27 @@ def test_mac_sidecar_round_trip_and_errors(tmp_path):
     assert rest.startswith(":3: field 'port'") and "expected 'rx' or 'tx'" in rest
     with pytest.raises(ValueError, match="mac_frames must be a file name"):
         TraceHeader(mac_frames="../elsewhere.mac.jsonl.gz")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl.gz", ".npz", ".mac.jsonl.gz"])
+def test_the_same_records_give_the_same_bytes_whenever_written(tmp_path, monkeypatch, suffix):
+    """A capture's SHA-256 (make traces' manifest, the dataset fingerprint) depends on its records only: the
+    gzip header carries no write time (nor does the npz archive)."""
+    import time as _time
+
+    from phantom.trace import MacFrame, MacPort, MacWriter
+
+    def write(d, clock):
+        monkeypatch.setattr(_time, "time", lambda: clock)
+        d.mkdir()
+        p = d / f"run{suffix}"
+        if suffix == ".mac.jsonl.gz":
+            w = MacWriter(p, "run.jsonl.gz")
+            w.write(MacFrame(10, MacPort.RX, b"\x01\x02"))
+            w.close()
+        else:
+            write_trace(p, HDR, sample())
+        return p.read_bytes()
+
+    first = write(tmp_path / "a", 1_000_000_000.0)
+    assert write(tmp_path / "b", 1_700_000_000.0) == first
