@@ -211,7 +211,13 @@ class Simulator:
             active[idx[c]] = True
         self._totals()
         # the row holds what the scheduler owes too (delivered lazily: reading it leaves the policy's state as is)
-        self._table.add(now, self._svc, back, active, self._gpu, [(idx[c], self.w_q * t, g) for c, t, g in s.owed()])
+        owed = s.owed()
+        if owed:
+            n = len(owed)
+            owed = (np.fromiter((idx[c] for c, _, _ in owed), np.intp, n),
+                    np.fromiter((t for _, t, _ in owed), float, n) * self.w_q,
+                    np.fromiter((g for _, _, g in owed), float, n))
+        self._table.add(now, self._svc, back, active, self._gpu, owed)
 
 
 class _Table:
@@ -228,7 +234,8 @@ class _Table:
         self.act = np.zeros((self.cap, clients), bool)
 
     def add(self, t, svc, back, act, gpu, owed=()) -> None:
-        """A row: the totals, plus `owed` (client index, service, GPU-seconds) added to this row only."""
+        """A row: the totals, plus `owed` (client indices, each once; their service; their GPU-seconds: three
+        arrays) added to this row only."""
         if self.n == self.cap:
             self.cap += self.cap // 4 + 16
             for k in ("t", "svc", "gpu", "back", "act"):
@@ -243,11 +250,10 @@ class _Table:
         self.gpu[i] = gpu
         self.back[i] = back
         self.act[i] = act
-        if owed:
-            srow, grow = self.svc[i], self.gpu[i]
-            for j, x, g in owed:
-                srow[j] += x
-                grow[j] += g
+        if len(owed):
+            j, x, g = owed
+            self.svc[i, j] += x
+            self.gpu[i, j] += g
         self.n += 1
 
     def finish(self, res: SimResult) -> None:
