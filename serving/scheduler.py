@@ -298,8 +298,9 @@ class Scheduler:
     def _fits(self, req: Request, round_tokens: int = 0) -> bool:
         """Would the waiting request pass the engine's admission test now (with the prediction that admitting it
         now would use)? `round_tokens`: prompt tokens already admitted in this prefill batch."""
-        self._predict(req)
         b = self.b
+        if b.reserve != "full":
+            self._predict(req)  # (reserving max_new_tokens, the test does not depend on it: made at admission)
         if len(self.running) >= b.max_batch:
             return False
         if self.batch_max_tokens and round_tokens + req.prompt_tokens + req.generated > self.batch_max_tokens:
@@ -309,7 +310,7 @@ class Scheduler:
         extra = [self._slora_entry(r) for r in self.prefilling]
         extra.append(self._slora_entry(req))
         clients = len(self.running_by_client) + (req.client not in self.running_by_client)
-        return self.slora_need(extra) < self.kv_capacity - b.adapter_kv_tokens * clients
+        return self._peak.need(self.dec.steps, extra) < self.kv_capacity - b.adapter_kv_tokens * clients
 
     def _admit(self, now: float) -> Request:
         r = self.policy.pop(now)
