@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from phantom.gen.backbones import names as backbone_names  # noqa: E402
+from phantom.gen.backbones import get_backbone, names as backbone_names  # noqa: E402
 from phantom.gen.condition import Condition  # noqa: E402
 from phantom.gen.dataset import Dataset, build  # noqa: E402
 from phantom.gen.evaluate import TraceSet, evaluate_sets, format_table, plot, ratio  # noqa: E402
@@ -49,8 +49,11 @@ def _ckpt(ds: Path, out: Path, backbone: str, steps: int | None, fingerprint: st
         try:
             ck = load_checkpoint(out)
             want = steps or TrainConfig(backbone=backbone).steps
+            # reused only if trained on this dataset, for these steps, with today's default model arguments (a
+            # changed default must not be benchmarked on a checkpoint of the old one)
+            args = dataclasses.asdict(get_backbone(backbone).Config())
             if (ck.get("dataset") or {}).get("fingerprint") == fingerprint and ck.get("step") == want \
-                    and (ck.get("train_config") or {}).get("steps") == want:
+                    and (ck.get("train_config") or {}).get("steps") == want and ck.get("model_args") == args:
                 return ck, float(ck.get("train_seconds") or (ck["history"][-1].get("elapsed_s", 0.0)
                                                             if ck.get("history") else 0.0))
         except (ValueError, FileNotFoundError):
