@@ -480,18 +480,24 @@ class Scheduler:
         if not out.decode:
             return 1
         k = self.dec.steps_to_next_finish()
+        full = len(self.running) >= self.b.max_batch
         if self.policy.waiting:
             if self.b.chunked_prefill:
-                if self._admission_possible():
+                if full:
+                    pass   # the batch is full: no admission is tried before a finish
+                elif self._admission_possible():
                     return 1  # a head request could be admitted next iteration
-                # otherwise nothing can be admitted before a request finishes (or one arrives: the caller stops
-                # there) or, with S-LoRA's test, before the decodes have advanced far enough; unless fair
-                # preemption makes room: it is looked at again every few steps
-                k = min(k, self._blocked_steps())
+                else:
+                    # nothing can be admitted before a request finishes (or one arrives: the caller stops there)
+                    # or, with S-LoRA's test, before the decodes have advanced far enough; unless fair
+                    # preemption makes room: it is looked at again every few steps
+                    k = min(k, self._blocked_steps())
                 if self.b.fair_preempt:
                     k = min(k, FAIR_PREEMPT_CHECK_STEPS)
             elif self.decode_iters < self.b.admit_every:
                 k = min(k, self.b.admit_every - self.decode_iters)  # until the next admission point
+            elif full:
+                pass   # the batch is full: no admission is tried before a finish
             elif self._admission_possible():
                 return 1  # a head request passes the test now: it is admitted at the next iteration
             else:

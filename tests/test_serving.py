@@ -396,6 +396,46 @@ def test_decodes_fold_while_a_head_whose_client_decodes_nothing_cannot_fit():
     assert seen["fixed"] > 100
 
 
+@pytest.mark.parametrize("policy,engine", [("vtc", "artifact"), ("vtc", "equinox"), ("equinox", "equinox")])
+def test_no_admission_possible_means_no_head_fits(policy, engine):
+    """_admission_possible() lets decode steps fold only when it says no: then no waiting head passes the
+    admission test (every head, from the bound over all of them; or the head alone when it cannot move)."""
+    wl = load_workload("sharegpt", n=400, rate=4.0, clients=40)
+    seen = {"no": 0}
+    behaviour = get_engine(engine)
+
+    class Checked(Scheduler):
+        def _admission_possible(self):
+            ok = super()._admission_possible()
+            if not ok:
+                seen["no"] += 1
+                heads = [self.policy.peek()] if self._blocked_entry is not None else \
+                    [q[0] for q in self.policy.queues.values() if q]
+                assert not any(self._fits(h) for h in heads)
+            return ok
+
+    sched = Checked(make_policy(policy, behaviour=behaviour), get_profile("a100-llama2-7b"))
+    Simulator(sched, [r.fresh() for r in wl.requests]).run()
+    assert seen["no"] > 20
+
+
+def test_decodes_fold_while_the_batch_is_full():
+    """With max_batch requests running nothing can be admitted until one finishes: the decode steps in between
+    fold (and give the step-by-step schedule)."""
+    import dataclasses
+
+    wl = load_workload("sharegpt", n=300, rate=4.0, clients=50)
+    engine = dataclasses.replace(get_engine("equinox"), max_batch=4)
+    runs = []
+    for cls in (Scheduler, _unfolded()):
+        sched = cls(make_policy("vtc", behaviour=engine), get_profile("a100-llama2-7b"))
+        res = Simulator(sched, [r.fresh() for r in wl.requests]).run()
+        runs.append((res, [r.rid for r in sched.finished]))
+    (a, fa), (b, fb) = runs
+    assert fa == fb and a.iterations == b.iterations
+    assert len(a.tbt) < len(b.tbt) / 10, (len(a.tbt), len(b.tbt))
+
+
 def test_folding_keeps_equinox_results():
     (a, _), (b, _) = _fold_and_step("equinox", "sharegpt", {"n": 400, "rate": 3.0})
     sa, sb = summarize(a), summarize(b)
