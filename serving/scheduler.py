@@ -310,7 +310,7 @@ class Scheduler:
         extra = [self._slora_entry(r) for r in self.prefilling]
         extra.append(self._slora_entry(req))
         clients = len(self.running_by_client) + (req.client not in self.running_by_client)
-        return self._peak.need(self.dec.steps, extra) < self.kv_capacity - b.adapter_kv_tokens * clients
+        return self.slora_need(extra) < self.kv_capacity - b.adapter_kv_tokens * clients
 
     def _admit(self, now: float) -> Request:
         r = self.policy.pop(now)
