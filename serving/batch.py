@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import itertools
 import math
-
-import numpy as np
 
 from serving.request import Request
 
@@ -158,78 +155,107 @@ class PeakTable:
     Each decoding request is (F, X): with s global decode steps run, its reserved output still to come is F - s
     and its KV tokens X + s, both fixed while it decodes; sorted by F the order never changes, and the k-th
     term of the peak formula, left_k * k + sum_{i<=k} held_i, is F_k * k + sum_{i<=k} X_i: independent of s.
-    So the sorted arrays and their prefix maximum are rebuilt only when a request joins or leaves, and a test
-    with a few extra entries (prefilling requests, the candidate) costs a binary search and one vector pass per
-    extra. Ties in remaining output do not matter: within a tie the terms grow, and the last one counts them all.
+    So the sorted lists, the cumulative X, the terms and their prefix maximum change only when a request joins
+    or leaves, and then only from its place in the order on: they are recomputed from the first changed place
+    when next read (a request that leaves when its reservation is used up sorts last: nothing to recompute).
+    A test with a few extra entries (prefilling requests, the candidate) costs a binary search and one pass over
+    the decoders between extras. Ties in remaining output do not matter: within a tie the terms grow, and the
+    last one counts them all. Plain lists: at batch sizes of tens to hundreds, numpy's per-call cost is larger
+    than the work (measured: 27 us per rebuild against a few).
     """
 
     def __init__(self):
         self.entries: dict[int, tuple[int, int]] = {}   # rid -> (F, X)
-        self._cache: tuple | None = None
-        self._neg_f: list[float] = []
-        self._tails: dict[int, np.ndarray] = {}
+        self._neg: list[int] = []     # -F, ascending (F descending): the sort order
+        self._rid: list[int] = []     # rids in that order
+        self._x: list[int] = []       # X in that order
+        self._cum: list[int] = []     # cumulative X, valid up to len(_cum)
+        self._terms: list[int] = []   # F_k * k + cumX_k, valid as _cum
+        self._prefix: list[int] = []  # prefix maximum of the terms, valid as _cum
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _place(self, rid: int, f: int) -> int:
+        neg, rids = self._neg, self._rid
+        i = bisect.bisect_left(neg, -f)
+        while rids[i] != rid:
+            i += 1
+        return i
+
+    def _invalidate(self, i: int) -> None:
+        if i < len(self._cum):
+            del self._cum[i:], self._terms[i:], self._prefix[i:]
+
     def set(self, rid: int, f: int, x: int) -> None:
+        if rid in self.entries:
+            self.pop(rid)
         self.entries[rid] = (f, x)
-        self._cache = None
+        i = bisect.bisect_right(self._neg, -f)
+        self._neg.insert(i, -f)
+        self._rid.insert(i, rid)
+        self._x.insert(i, x)
+        self._invalidate(i)
 
     def pop(self, rid: int) -> None:
-        if self.entries.pop(rid, None) is not None:
-            self._cache = None
+        e = self.entries.pop(rid, None)
+        if e is not None:
+            i = self._place(rid, e[0])
+            del self._neg[i], self._rid[i], self._x[i]
+            self._invalidate(i)
 
-    def _tail(self, e: int) -> np.ndarray:
-        """Suffix maxima of terms_k + e * F_k (the decoders sorted after all `e` extra entries), per e, for the
-        arrays of the current membership."""
-        got = self._tails.get(e)
-        if got is None:
-            f, _, terms, _ = self.arrays()
-            got = self._tails[e] = np.maximum.accumulate((terms + e * f)[::-1])[::-1]
-        return got
+    def _refresh(self) -> None:
+        cum, terms, prefix, neg, xs = self._cum, self._terms, self._prefix, self._neg, self._x
+        k = len(cum)
+        n = len(neg)
+        if k == n:
+            return
+        c = cum[-1] if k else 0
+        best = prefix[-1] if k else -math.inf
+        for j in range(k, n):
+            c += xs[j]
+            t = c - neg[j] * (j + 1)
+            cum.append(c)
+            terms.append(t)
+            if t > best:
+                best = t
+            prefix.append(best)
 
-    def arrays(self):
-        """(F sorted descending, cumulative X in that order, the terms F_k * k + cumX_k, their prefix maximum);
-        -F as a list, for bisect (a scalar search costs less than numpy's call), in `_neg_f`."""
-        if self._cache is None:
-            n = len(self.entries)
-            if n:
-                fx = np.fromiter(itertools.chain.from_iterable(self.entries.values()), float, 2 * n).reshape(n, 2)
-                fx = fx[np.argsort(-fx[:, 0], kind="stable")]
-                f = fx[:, 0]
-                cum_x = fx[:, 1].cumsum()
-                terms = f * np.arange(1, n + 1) + cum_x
-                self._cache = (f, cum_x, terms, np.maximum.accumulate(terms))
-                self._neg_f = (-f).tolist()
-            else:
-                z = np.zeros(0)
-                self._cache = (z, z, z, z)
-                self._neg_f = []
-            self._tails = {}
-        return self._cache
+    def lowest_f_at_least(self, v: int) -> int | None:
+        """The smallest F among the decoders with F >= v (None when there is none)."""
+        m = bisect.bisect_right(self._neg, -v)
+        return -self._neg[m - 1] if m else None
 
     def need(self, steps: int, extra: list[tuple[int, int]]) -> int:
         """max_k(left_k * k + sum_{i<=k} held_i) over the decoding requests and `extra` (held, left) entries,
         sorted by left descending."""
-        f, cum_x, terms, prefix = self.arrays()
-        n = len(f)
+        self._refresh()
+        neg, cum_x, terms, prefix = self._neg, self._cum, self._terms, self._prefix
+        n = len(neg)
         if not extra:
-            return int(prefix[-1]) if n else 0
+            return prefix[-1] if n else 0
         s = steps
         best = -math.inf
-        held_before = 0.0   # held tokens of the extra entries sorted before
+        held_before = 0     # held tokens of the extra entries sorted before
         prev = 0            # decoding requests sorted before the current extra entry
-        neg = self._neg_f
-        for i, (h, left) in enumerate(sorted(extra, key=lambda e: -e[1]) if len(extra) > 1 else extra):
+        i = 0
+        for h, left in (sorted(extra, key=lambda e: -e[1]) if len(extra) > 1 else extra):
             m = bisect.bisect_left(neg, -(left + s))  # decoders with F - s > left
             if m > prev:  # decoders prev..m-1 have i extra entries sorted before them
-                seg = prefix[m - 1] if i == 0 else (terms[prev:m] + i * (f[prev:m] - s)).max() + held_before
-                best = max(best, seg)
+                if i == 0:
+                    seg = prefix[m - 1]
+                else:
+                    seg = max([terms[k] - i * (neg[k] + s) for k in range(prev, m)]) + held_before
+                if seg > best:
+                    best = seg
             held_before += h
-            best = max(best, left * (m + i + 1) + (cum_x[m - 1] + s * m if m else 0.0) + held_before)
+            t = left * (m + i + 1) + (cum_x[m - 1] + s * m if m else 0) + held_before
+            if t > best:
+                best = t
             prev = m
+            i += 1
         if prev < n:
-            e = len(extra)
-            best = max(best, float(self._tail(e)[prev]) - e * s + held_before)
+            seg = max([terms[k] - i * (neg[k] + s) for k in range(prev, n)]) + held_before
+            if seg > best:
+                best = seg
         return int(best)

@@ -385,9 +385,8 @@ class Scheduler:
         room = self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)  # the largest it can be
         excess = self.slora_need(extra) - room + 1            # the need must fall by this much
         s = self.dec.steps
-        F = self._peak.arrays()[0]
-        ahead = F[F - s >= left]                              # decoders sorted before the candidate
-        cross = int((ahead - left - s + 1).min()) if len(ahead) else 1 << 30
+        f = self._peak.lowest_f_at_least(left + s)          # the last decoder sorted before the candidate
+        cross = f - left - s + 1 if f is not None else 1 << 30
         return max(1, min(int(excess), cross))
 
     def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
