@@ -301,6 +301,23 @@ def test_calibration_repairs(clean, priors, rule):
     assert st.n_dropped <= (0.05 if rule == "cpl_timeout" else 0.02) * len(R), st.format()
 
 
+@pytest.mark.parametrize("rule,changes", [
+    ("addr_align", {"address": 1}), ("be_1dw", {"last_be": 1}), ("be_contig", {"first_be": 1}),
+    ("attr_ns", {"attr": 1}), ("cpl_fields", {"tc": 1}), ("cpl_byte_count", {"byte_count": 1}),
+    ("cpl_lower_addr", {"lower_address": 1}), ("tag_width", {"tag": 2}), ("trace_time", {"time": 1}),
+    ("len_range", {"length": 1, "last_be": 1})])
+def test_field_changes_name_the_repaired_field(clean, priors, rule, changes):
+    """A corruption of one field is reported as a change of that field, once per repaired record."""
+    h0, recs0, _ = clean
+    h, R = copy.deepcopy(h0), copy.deepcopy(recs0)
+    CORRUPTIONS[rule](h, R)
+    for k, r in enumerate(R):
+        r.seq = k
+    _, _, st = calibrate_records(h, R, priors)
+    assert {k: v for k, v in st.field_changes.items() if v} == changes, st.format()
+    assert st.changed == max(changes.values())
+
+
 def test_legal_input_unchanged(priors):
     for name in ("mixed__base__s1", "rx_heavy__alt__s2", "numa__base__s3", "mixed__unseen__s3"):
         h, recs, mac = load(name)

@@ -54,6 +54,15 @@ CPL_BYTES = 16
 MAX_TX_FRAME = 16384
 _MRD = (TlpType.MRd32, TlpType.MRd64)
 _MWR = (TlpType.MWr32, TlpType.MWr64)
+# enum members by value: a dict lookup costs a fraction of an Enum call, which _R.record makes per output TLP
+# (the values are the calibrator's own, always valid)
+_TYPE_OF = {m.value: m for m in TlpType}
+_DIR_OF = {m.value: m for m in Direction}
+_STATUS_OF = {m.value: m for m in CplStatus}
+_CLS_OF = {m.value: m for m in SemClass}
+_HAS_DATA = {m.value: m.has_data for m in TlpType}
+_FIELDS = ("time", "address", "length", "first_be", "last_be", "tag", "byte_count", "lower_address", "status", "attr",
+           "tc", "ep", "requester_id", "completer_id")   # the fields _account compares, in its order
 _PATTERN = bytes(range(256)) * 66   # frame bytes: byte k of frame f is (7 f + k) mod 256
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -353,12 +362,12 @@ class _R:
         self.src = src
 
     def record(self, seq: int) -> TlpRecord:
-        ty = TlpType(self.type)
-        return TlpRecord(seq=seq, t_ps=self.t, dir=Direction(self.dir), type=ty, length=self.length,
+        ty = self.type
+        return TlpRecord(seq=seq, t_ps=self.t, dir=_DIR_OF[self.dir], type=_TYPE_OF[ty], length=self.length,
                          address=self.addr, first_be=self.fbe, last_be=self.lbe, tag=self.tag,
-                         requester_id=self.rid, completer_id=self.cid, status=CplStatus(self.status),
+                         requester_id=self.rid, completer_id=self.cid, status=_STATUS_OF[self.status],
                          byte_count=self.bc, lower_address=self.la, tc=self.tc, attr=self.attr, ep=self.ep,
-                         payload_len=self.length * 4 if ty.has_data else 0, cls=SemClass(self.cls),
+                         payload_len=self.length * 4 if _HAS_DATA[ty] else 0, cls=_CLS_OF[self.cls],
                          payload=self.payload)
 
 
@@ -658,18 +667,19 @@ class Calibrator:
         r, t_in = src
         ch = st.field_changes
         n = 0
-        if (int(r.dir) != out.dir or _base(int(r.type)) != _base(out.type) or int(r.cls) != out.cls):
+        if (r.dir != out.dir or _base(r.type) != _base(out.type) or r.cls != out.cls):
             ch["kind"] += 1
             n += 1
-        for name, a, b in (("time", t_in, out.t), ("address", r.address, out.addr), ("length", r.length, out.length),
-                           ("first_be", r.first_be, out.fbe), ("last_be", r.last_be, out.lbe), ("tag", r.tag, out.tag),
-                           ("byte_count", r.byte_count, out.bc), ("lower_address", r.lower_address, out.la),
-                           ("status", int(r.status), out.status), ("attr", r.attr, out.attr), ("tc", r.tc, out.tc),
-                           ("ep", bool(r.ep), out.ep), ("requester_id", r.requester_id, out.rid),
-                           ("completer_id", r.completer_id, out.cid)):
-            if a != b:
-                ch[name] += 1
-                n += 1
+        # (IntEnum fields compare as their values)
+        was = (t_in, r.address, r.length, r.first_be, r.last_be, r.tag, r.byte_count, r.lower_address, r.status,
+               r.attr, r.tc, bool(r.ep), r.requester_id, r.completer_id)
+        now = (out.t, out.addr, out.length, out.fbe, out.lbe, out.tag, out.bc, out.la, out.status, out.attr, out.tc,
+               out.ep, out.rid, out.cid)
+        if was != now:
+            for name, x, y in zip(_FIELDS, was, now):
+                if x != y:
+                    ch[name] += 1
+                    n += 1
         if n:
             st.changed += 1
         else:
