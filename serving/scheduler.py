@@ -36,7 +36,10 @@ from serving.predictors import MoPE
 from serving.request import Request, RequestError
 
 
-FAIR_PREEMPT_CHECK_STEPS = 16  # while a head request waits for KV room, fair preemption looks this often
+# while a head request waits for KV room, fair preemption looks after a finish, and otherwise once this many
+# iterations have passed since its last look (a cadence of the engine, as S-LoRA's admission cadence; folded
+# iterations stop where a look comes, so folding gives the schedule of running them one by one)
+FAIR_PREEMPT_CHECK_STEPS = 16
 
 
 @dataclass(slots=True)
@@ -95,6 +98,7 @@ class Scheduler:
         self.running_by_client: dict[str, int] = defaultdict(int)
         self.reserved = 0                         # tokens reserved by running requests
         self.decode_iters = 0                     # decode iterations since the last admission check
+        self._since_look = FAIR_PREEMPT_CHECK_STEPS  # iterations since fair preemption last looked
         # GPU-seconds attributed to the decoding sequences so far (unweighted; Profile.split): a sequence that held
         # x + s KV tokens at each global decode step s it ran pays decode_gpu + x * decode_kv_coef + decode_kv_coef_s
         # accumulated over those steps
@@ -256,9 +260,11 @@ class Scheduler:
             while room > 0 and self.policy.waiting and len(self.running) < self.b.max_batch:
                 head = self.policy.peek()
                 if not self._fits(head, round_tokens):
-                    if self.b.fair_preempt and not evicted and self._fair_preempt(head, out, now):
-                        evicted = True
-                        continue
+                    if self.b.fair_preempt and not evicted and self._since_look >= FAIR_PREEMPT_CHECK_STEPS:
+                        self._since_look = 0
+                        if self._fair_preempt(head, out, now):
+                            evicted = True
+                            continue
                     break
                 r = self._admit(now)
                 round_tokens += r.prefill_goal
@@ -489,10 +495,10 @@ class Scheduler:
                 else:
                     # nothing can be admitted before a request finishes (or one arrives: the caller stops there)
                     # or, with S-LoRA's test, before the decodes have advanced far enough; unless fair
-                    # preemption makes room: it is looked at again every few steps
+                    # preemption makes room: it looks again when its cadence comes
                     k = min(k, self._blocked_steps())
-                if self.b.fair_preempt:
-                    k = min(k, FAIR_PREEMPT_CHECK_STEPS)
+                    if self.b.fair_preempt:
+                        k = min(k, max(FAIR_PREEMPT_CHECK_STEPS - self._since_look, 1))
             elif self.decode_iters < self.b.admit_every:
                 k = min(k, self.b.admit_every - self.decode_iters)  # until the next admission point
             elif full:
@@ -538,6 +544,7 @@ class Scheduler:
         module doc; ``settle()`` delivers the rest), and sets ``last_gpu`` to the GPU-seconds delivered with them."""
         k = out.steps
         self._now = now
+        self._since_look += k
         prefills = out.prefills
         dec = self.dec
         attribute = self.attribute_gpu
@@ -592,6 +599,7 @@ class Scheduler:
         tokens, self.last_gpu = self.take_delivered()
         if not done:
             return tokens
+        self._since_look = FAIR_PREEMPT_CHECK_STEPS   # a finish frees room: fair preemption looks at once
         if len(done) > 1:
             done.sort(key=lambda r: r.seq)
         for r in done:
