@@ -898,3 +898,37 @@ def test_gzip_traces_and_max_new_tokens(tmp_path):
     bad.write_text("not gzip")
     with pytest.raises(RequestError, match="cannot read the trace"):
         load_trace_file(bad)
+
+
+def test_sample_rows_hold_the_backlog_and_service_as_of_their_time():
+    """Each sample row: the backlog after every queue transition logged before it (the log replayed in order,
+    the newest entries included), active = backlogged or running, and the service and GPU totals delivered so
+    far plus what is owed (the scheduler's own totals at that moment)."""
+    import numpy as np
+    wl = load_workload("sharegpt", n=300, rate=4.0, clients=12)
+    seen = []
+
+    class Watch(Simulator):
+        def _sample(self, res, now):
+            super()._sample(res, now)
+            s = self.s
+            s.settle(now)   # (after the row: the row must already hold what this delivers)
+            running = set(s.running_by_client)
+            seen.append((len(s.policy.backlog_log), running, dict(s.gpu_used)))
+
+    sched = Scheduler(make_policy("vtc"), get_profile("a100-llama2-7b"))
+    sim = Watch(sched, [r.fresh() for r in wl.requests])
+    res = sim.run()
+    assert len(seen) == len(res.samples_t) > 50
+    clients = res.clients
+    log = res.backlog_log
+    state = dict.fromkeys(clients, False)
+    pos = 0
+    for i, (n, running, gpu) in enumerate(seen):
+        for _, c, on in log[pos:n]:
+            state[c] = on
+        pos = n
+        assert res.samples_backlog[i].tolist() == [state[c] for c in clients], i
+        assert res.samples_active[i].tolist() == [state[c] or c in running for c in clients], i
+        assert res.samples_gpu[i] == pytest.approx(np.array([gpu.get(c, 0.0) for c in clients]), rel=1e-9, abs=1e-12)
+    assert any(seen[i][0] - seen[i - 1][0] == 1 for i in range(1, len(seen)))  # rows one transition apart
