@@ -56,6 +56,37 @@ def test_slora_admission_with_running_requests_and_adapters():
     assert s2.slora_need([]) == 301 + 198
 
 
+def test_admission_boundaries_are_the_artifacts():
+    """At the edge: S-LoRA's need must be strictly below the pool less the adapters' reserve; one prefill batch
+    may hold exactly batch_max_tokens of prompts; summed reservations may fill the pool exactly."""
+    import dataclasses
+
+    def slora(cap):
+        s = _sched(cap=cap, adapter=32)
+        s.add_request(R(0, "a", 0.0, 300, 200), 0.0)
+        s.update_from_output(s.schedule(0.0), 0.1, 0.1)
+        return s._fits(R(1, "b", 0.1, 100, 300))   # need 798 (test above), two clients' adapters 64
+    assert slora(798 + 64 + 1) and not slora(798 + 64)
+
+    def batch(limit):
+        pol = make_policy("vtc")
+        pol.behaviour = get_engine("artifact").replace(batch_max_tokens=limit)
+        s = Scheduler(pol, dataclasses.replace(get_profile("a10g-llama-7b"), kv_capacity_tokens=100_000))
+        for i in range(4):
+            s.add_request(R(i, f"c{i}", 0.0, 1000, 50), 0.0)
+        return len(s.schedule(0.0).admitted)
+    assert batch(3000) == 3 and batch(2999) == 2
+
+    def summed(cap):
+        pol = make_policy("vtc")
+        pol.behaviour = get_engine("equinox").replace(admission="sum", reserve="full", block_tokens=1)
+        s = Scheduler(pol, dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=cap))
+        s.add_request(R(0, "a", 0.0, 300, 200), 0.0)
+        s.add_request(R(1, "b", 0.0, 100, 100), 0.0)
+        return len(s.schedule(0.0).admitted)     # reservations 500 + 200
+    assert summed(700) == 2 and summed(699) == 1
+
+
 def test_artifact_cadence_and_batch_max_tokens():
     """Admission after 10 decode steps; a failed attempt is retried at every step; one prefill batch holds at
     most batch_max_tokens (3072 for the 10,000-token pool) of prompts."""
