@@ -221,11 +221,6 @@ class PeakTable:
                 best = t
             prefix.append(best)
 
-    def lowest_f_at_least(self, v: int) -> int | None:
-        """The smallest F among the decoders with F >= v (None when there is none)."""
-        m = bisect.bisect_right(self._neg, -v)
-        return -self._neg[m - 1] if m else None
-
     def need(self, steps: int, extra: list[tuple[int, int]]) -> int:
         """max_k(left_k * k + sum_{i<=k} held_i) over the decoding requests and `extra` (held, left) entries,
         sorted by left descending."""

@@ -374,10 +374,16 @@ class Scheduler:
 
     def _blocked_steps(self) -> int:
         """With S-LoRA's test, decode steps during which no waiting request can pass it (after
-        _admission_possible() said none passes now). As decodes advance, the terms of the peak formula for the
-        decoding requests sorted after the candidate fall by one token per step, the others stay or grow, until
-        a decoding request's remaining output falls below the candidate's (its place in the order changes): so
-        the need falls by at most one per step until then."""
+        _admission_possible() said none passes now).
+
+        Sorted by remaining output, a decoding request's term of the peak formula, left_k * k + sum_{i<=k}
+        held_i, changes per decode step by minus the number of extra entries (prefilling requests, the
+        candidate) sorted before it: its own left falls by one for each of its k places, and the held tokens of
+        the k - i decoding requests up to it rise by one each. An extra entry's term rises by the decoding
+        requests before it. Decoding requests keep their order among themselves; where one's remaining output
+        passes an extra entry's the two are tied at that step, and the order of a tie does not change the
+        maximum (module PeakTable). So the need falls by at most len(extra) per step, and stays at or above the
+        room for (need - room) // len(extra) more steps."""
         if self.b.admission != "slora" or not self._peak:
             return 1 << 30
         pol = self.policy
@@ -389,11 +395,7 @@ class Scheduler:
             held, left = self._slora_entry(pol.peek())
         extra = [self._slora_entry(r) for r in self.prefilling] + [(held, left)]
         room = self.kv_capacity - self.b.adapter_kv_tokens * len(self.running_by_client)  # the largest it can be
-        excess = self.slora_need(extra) - room + 1            # the need must fall by this much
-        s = self.dec.steps
-        f = self._peak.lowest_f_at_least(left + s)          # the last decoder sorted before the candidate
-        cross = f - left - s + 1 if f is not None else 1 << 30
-        return max(1, min(int(excess), cross))
+        return max(1, (self.slora_need(extra) - room) // len(extra) + 1)
 
     def _fair_preempt(self, head: Request, out: SchedulerOutput, now: float) -> bool:
         """The head request waits for KV room while a client far ahead of it in the policy's order holds the

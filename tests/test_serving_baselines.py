@@ -87,6 +87,37 @@ def test_admission_boundaries_are_the_artifacts():
     assert summed(700) == 2 and summed(699) == 1
 
 
+def test_a_blocked_head_folds_exactly_until_the_need_fits():
+    """S-LoRA's need falls by one per decode step here (a's term, sorted after b: 798 - j after j steps), so
+    with room 790 b is blocked for 9 steps: those fold into one, and b is admitted at the next iteration, as
+    when every step is run (room 790: admitted after exactly 9 decode steps)."""
+    import dataclasses
+
+    def start():
+        pol = make_policy("vtc")
+        pol.behaviour = get_engine("equinox")
+        s = Scheduler(pol, dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=790))
+        s.add_request(R(0, "a", 0.0, 300, 200), 0.0)
+        s.update_from_output(s.schedule(0.0), 0.1, 0.1)   # a decodes: held 301, left 198
+        s.add_request(R(1, "b", 0.1, 100, 300), 0.1)       # b: (101, 299); need max(400, 798) = 798
+        return s
+    s = start()
+    out = s.schedule(0.1)
+    assert not out.admitted and out.decode
+    assert s.slora_need([s._slora_entry(s.policy.peek())]) == 798
+    out.steps = s.quiet_steps(out)
+    assert out.steps == 9
+    s.update_from_output(out, 1.0, 0.9)
+    assert [r.rid for r in s.schedule(1.0).admitted] == [1]
+    one = start()
+    for step in range(9):
+        out = one.schedule(0.2)
+        assert not out.admitted, step
+        out.steps = 1
+        one.update_from_output(out, 0.2, 0.01)
+    assert [r.rid for r in one.schedule(0.3).admitted] == [1]
+
+
 def test_artifact_cadence_and_batch_max_tokens():
     """Admission after 10 decode steps; a failed attempt is retried at every step; one prefill batch holds at
     most batch_max_tokens (3072 for the 10,000-token pool) of prompts."""
