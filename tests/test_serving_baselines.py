@@ -281,6 +281,19 @@ def test_peak_table_against_the_formula():
         entries.append((f, x))
         extra = [(rng.randrange(1, 400), rng.randrange(0, 300)) for _ in range(rng.randrange(1, 4))]
         assert t.need(s, extra) == brute(entries, s, extra), (entries, s, extra)
+    # many ties in remaining output, members leaving from anywhere in the order and joining again
+    for _ in range(300):
+        t, live = PeakTable(), {}
+        for step in range(40):
+            rid = rng.randrange(0, 15)
+            if rid in live and rng.random() < 0.6:
+                t.pop(rid)
+                del live[rid]
+            else:
+                live[rid] = (rng.choice((40, 40, 40, 90, 90, rng.randrange(0, 200))), rng.randrange(1, 300))
+                t.set(rid, *live[rid])
+            extra = [(rng.randrange(1, 400), rng.randrange(0, 200)) for _ in range(rng.randrange(0, 3))]
+            assert t.need(0, extra) == brute(list(live.values()), 0, extra), (live, extra)
 
 
 def test_max_gap_is_exact_on_random_tables():
