@@ -87,16 +87,17 @@ def test_admission_boundaries_are_the_artifacts():
     assert summed(700) == 2 and summed(699) == 1
 
 
-def test_a_blocked_head_folds_exactly_until_the_need_fits():
-    """S-LoRA's need falls by one per decode step here (a's term, sorted after b: 798 - j after j steps), so
-    with room 790 b is blocked for 9 steps: those fold into one, and b is admitted at the next iteration, as
-    when every step is run (room 790: admitted after exactly 9 decode steps)."""
+@pytest.mark.parametrize("cap,blocked", [(790, 9), (798, 1)])
+def test_a_blocked_head_folds_exactly_until_the_need_fits(cap, blocked):
+    """S-LoRA's need falls by one per decode step here (a's term, sorted after b: 798 - j after j steps), so b
+    is blocked while 798 - j >= cap: those steps fold into one, and b is admitted at the next iteration, as
+    when every step is run."""
     import dataclasses
 
     def start():
         pol = make_policy("vtc")
         pol.behaviour = get_engine("equinox")
-        s = Scheduler(pol, dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=790))
+        s = Scheduler(pol, dataclasses.replace(get_profile("a100-llama2-7b"), kv_capacity_tokens=cap))
         s.add_request(R(0, "a", 0.0, 300, 200), 0.0)
         s.update_from_output(s.schedule(0.0), 0.1, 0.1)   # a decodes: held 301, left 198
         s.add_request(R(1, "b", 0.1, 100, 300), 0.1)       # b: (101, 299); need max(400, 798) = 798
@@ -106,16 +107,37 @@ def test_a_blocked_head_folds_exactly_until_the_need_fits():
     assert not out.admitted and out.decode
     assert s.slora_need([s._slora_entry(s.policy.peek())]) == 798
     out.steps = s.quiet_steps(out)
-    assert out.steps == 9
+    assert out.steps == blocked and type(out.steps) is int
     s.update_from_output(out, 1.0, 0.9)
     assert [r.rid for r in s.schedule(1.0).admitted] == [1]
     one = start()
-    for step in range(9):
+    for step in range(blocked):
         out = one.schedule(0.2)
         assert not out.admitted, step
         out.steps = 1
         one.update_from_output(out, 0.2, 0.01)
     assert [r.rid for r in one.schedule(0.3).admitted] == [1]
+
+
+def test_a_blocked_fold_on_the_artifacts_engine_counts_the_running_clients_adapters():
+    """On the artifact's engine a blocked head's fold takes the room as the pool less the adapters of the
+    running clients (the candidate's own may come on top, so the fold stops early, never late). Pool 800,
+    adapters 32: b's need is 798 - j after j decode steps and b fits when it is below 800 - 2 x 32 (j >= 63);
+    at the admission point (j = 10) the fold covers the steps while 798 - j >= 800 - 32, 21 of them."""
+    s = _sched(cap=800, adapter=32)
+    s.add_request(R(0, "a", 0.0, 300, 200), 0.0)
+    s.update_from_output(s.schedule(0.0), 0.1, 0.1)
+    s.add_request(R(1, "b", 0.1, 100, 300), 0.1)
+    folds, steps = [], 0
+    while True:
+        out = s.schedule(1.0)
+        if out.admitted:
+            break
+        out.steps = s.quiet_steps(out)
+        folds.append(out.steps)
+        s.update_from_output(out, 1.0, 0.01 * out.steps)
+        steps += out.steps
+    assert steps == 63 and folds[:2] == [10, 21], folds
 
 
 def test_artifact_cadence_and_batch_max_tokens():
