@@ -352,6 +352,17 @@ def _fold_and_step(policy, workload, kw, policy_kw=None):
     return runs
 
 
+def _assert_same_schedule(a, sa, b, sb):
+    """Two runs (result, scheduler) gave the same schedule: iterations, finish order, per request its
+    preemptions, tokens and admission, first-token and finish times (up to float rounding)."""
+    assert a.iterations == b.iterations
+    assert [r.rid for r in sa.finished] == [r.rid for r in sb.finished]
+    for x, y in zip(sorted(a.requests, key=lambda r: r.rid), sorted(b.requests, key=lambda r: r.rid)):
+        assert (x.preemptions, x.generated) == (y.preemptions, y.generated)
+        for f in ("admitted", "first_token", "finished"):
+            assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-9, abs=1e-9), (x.rid, f)
+
+
 @pytest.mark.parametrize("policy,workload,kw", [("equinox", "sharegpt", {"n": 400, "rate": 3.0}),
                                                 ("vtc", "sharegpt", {"n": 400, "rate": 3.0}),
                                                 ("equinox", "overload", {}),
@@ -366,12 +377,7 @@ def test_folding_is_exact(policy, workload, kw):
     near-tie; test_folding_keeps_equinox_results covers the default.)"""
     pkw = {"config": EquinoxConfig(beta=0.0)} if policy == "equinox" else {}
     (a, sa), (b, sb) = _fold_and_step(policy, workload, kw, pkw)
-    assert a.iterations == b.iterations
-    assert [r.rid for r in sa.finished] == [r.rid for r in sb.finished]
-    for x, y in zip(sorted(a.requests, key=lambda r: r.rid), sorted(b.requests, key=lambda r: r.rid)):
-        assert (x.preemptions, x.generated) == (y.preemptions, y.generated)
-        for f in ("admitted", "first_token", "finished"):
-            assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-9, abs=1e-9), (x.rid, f)
+    _assert_same_schedule(a, sa, b, sb)
     assert a.busy == pytest.approx(b.busy, rel=1e-9) and a.compute == pytest.approx(b.compute, rel=1e-9)
 
 
@@ -390,12 +396,7 @@ def test_folding_is_exact_with_preemptions(engine):
     # (with evictions every few steps, fewer steps fold: 6,251 of 10,825 when overflowing)
     assert len(a.tbt) < 0.7 * len(b.tbt), "folding should simulate fewer steps"
     assert a.preemptions == b.preemptions > 100
-    assert a.iterations == b.iterations
-    assert [r.rid for r in sa.finished] == [r.rid for r in sb.finished]
-    for x, y in zip(sorted(a.requests, key=lambda r: r.rid), sorted(b.requests, key=lambda r: r.rid)):
-        assert (x.preemptions, x.generated) == (y.preemptions, y.generated)
-        for f in ("admitted", "first_token", "finished"):
-            assert getattr(x, f) == pytest.approx(getattr(y, f), rel=1e-9, abs=1e-9), (x.rid, f)
+    _assert_same_schedule(a, sa, b, sb)
 
 
 def test_decodes_fold_while_a_head_whose_client_decodes_nothing_cannot_fit():
