@@ -221,6 +221,12 @@ class PeakTable:
                 best = t
             prefix.append(best)
 
+    def _behind(self, lo: int, hi: int, i: int, s: int) -> int:
+        """The largest term of decoders lo..hi-1 with i extra entries sorted before them, without those entries'
+        held tokens: each term gains i times the decoder's remaining output F - s."""
+        terms, neg = self._terms, self._neg
+        return max([terms[k] - i * (neg[k] + s) for k in range(lo, hi)])
+
     def need(self, steps: int, extra: list[tuple[int, int]]) -> int:
         """max_k(left_k * k + sum_{i<=k} held_i) over the decoding requests and `extra` (held, left) entries,
         sorted by left descending."""
@@ -233,14 +239,14 @@ class PeakTable:
         best = -math.inf
         held_before = 0     # held tokens of the extra entries sorted before
         prev = 0            # decoding requests sorted before the current extra entry
-        i = 0
+        i = 0               # extra entries sorted before
         for h, left in (sorted(extra, key=lambda e: -e[1]) if len(extra) > 1 else extra):
             m = bisect.bisect_left(neg, -(left + s))  # decoders with F - s > left
             if m > prev:  # decoders prev..m-1 have i extra entries sorted before them
                 if i == 0:
                     seg = prefix[m - 1]
                 else:
-                    seg = max([terms[k] - i * (neg[k] + s) for k in range(prev, m)]) + held_before
+                    seg = self._behind(prev, m, i, s) + held_before
                 if seg > best:
                     best = seg
             held_before += h
@@ -250,7 +256,7 @@ class PeakTable:
             prev = m
             i += 1
         if prev < n:
-            seg = max([terms[k] - i * (neg[k] + s) for k in range(prev, n)]) + held_before
+            seg = self._behind(prev, n, i, s) + held_before
             if seg > best:
                 best = seg
         return int(best)
