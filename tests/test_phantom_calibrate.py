@@ -431,6 +431,29 @@ def test_any_token_stream_calibrates_to_a_legal_trace(token_space, priors, seed,
     out, mac, st = calibrate_records(h, recs, priors, seed=seed)
     assert_legal(h, out, mac)
     assert st.records_in == n
+    # the device's descriptor prefetch, measured on the output as on the captures: within the captures' bounds
+    got = priors_from_traces([(TraceColumns.from_records(h, out), mac)])
+    assert got.desc_batch <= priors.desc_batch and got.desc_cache <= priors.desc_cache, (got.desc_batch,
+                                                                                         got.desc_cache)
+
+
+def test_descriptor_fetches_keep_the_devices_prefetch(token_space, priors):
+    """The NIC fetches at most DESC_BATCH (8) descriptors per read and holds at most DESC_CACHE (16) fetched
+    descriptors whose frame has not started (rtl/nic_tx.v, nic_rx.v). Measured on the captures (17 as calibration
+    counts a frame's start: at its first data move, a little after the device takes the descriptor), and held in
+    the output whatever fetch sizes a stream asks for; a stream's fetch into a full cache is dropped, as the
+    device would not make it."""
+    assert (priors.desc_batch, priors.desc_cache) == (8, 17)
+    h, enc, tok = token_space
+    dropped = 0
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        g = np.stack([rng.integers(0, v, 400) for v in enc.vocab], 1)
+        out, mac, st = calibrate_records(h, list(enc.decode(h, g).records()), priors, seed=seed)
+        got = priors_from_traces([(TraceColumns.from_records(h, out), mac)])
+        assert got.desc_batch <= 8 and got.desc_cache <= 17, (seed, got.desc_batch, got.desc_cache)
+        dropped += st.dropped.get("descriptor read of a full descriptor cache", 0)
+    assert dropped > 0
 
 
 def test_calibration_stats_format():

@@ -91,6 +91,12 @@ class Priors:
     rx_lead_ns: float = 300.0           # RX frame offered on the MAC -> its first data write
     tx_lag_ns: float = 200.0            # TX frame's last data completion -> frame on the MAC
     mmio_gap_ns: float = 60.0           # between the host's MMIO writes
+    # the device's descriptor prefetch (rtl/nic_tx.v, nic_rx.v: DESC_BATCH 8, DESC_CACHE 16): at most desc_batch
+    # descriptors per read, and at most desc_cache fetched whose frame has not started. Measured as calibration
+    # counts it, a frame starting at its first data move on the link: a little after the device takes its
+    # descriptor from the cache, so every capture shows 17 for the RTL's 16 (the defaults are those readings)
+    desc_batch: int = 8
+    desc_cache: int = 17
     dt_max_ns: float = 20000.0          # longest gap calibration lets through
     reg_write: dict[str, int] = field(default_factory=dict)   # register -> value written at initialisation
     reg_read: dict[str, int] = field(default_factory=dict)    # register -> value first read
@@ -147,7 +153,7 @@ def _sample(qs: list[float], rng: random.Random, default: float) -> float:
 
 def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Priors:
     """Measure the priors on real traces (columns + their MAC frames)."""
-    lat, mlat, gaps, txg, rxg, irq, fb, lead, lag, mmg, dts, dbl = ([] for _ in range(12))
+    lat, mlat, gaps, txg, rxg, irq, fb, lead, lag, mmg, dts, dbl, batch, cache = ([] for _ in range(14))
     irq_first = None
     reg_write: dict[str, int] = {}
     reg_read: dict[str, int] = {}
@@ -180,7 +186,30 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
         ring_of = [(g.base, g.base + g.size, g.kind.queue) for g in mm.regions
                    if g.kind in (RegionKind.TX_RING, RegionKind.RX_RING)] if mm else []
         db_pending: dict[str, int] = {}  # queue -> time of its oldest doorbell not yet followed by a descriptor read
+        # descriptor prefetch per queue: fetched, frames started (a data move into a buffer slot other than the
+        # last one's), the last slot
+        rxd = mm.of_kind(RegionKind.RX_DATA)[0] if mm and mm.of_kind(RegionKind.RX_DATA) else None
+        rxr = mm.of_kind(RegionKind.RX_RING)[0] if mm and mm.of_kind(RegionKind.RX_RING) else None
+        bufs = {"tx": (txd, stride), "rx": (rxd, (rxd.size // max(rxr.size // DESC_BYTES, 1)) if rxd and rxr else 0)}
+        fetched = {"tx": 0, "rx": 0}
+        started = {"tx": 0, "rx": 0}
+        last_slot: dict[str, int | None] = {"tx": None, "rx": None}
         for r in recs:
+            if r.dir == Direction.UP and r.cls in (SemClass.DATA_READ, SemClass.DATA_WRITE):
+                qn = "tx" if r.cls == SemClass.DATA_READ else "rx"
+                d, st = bufs[qn]
+                if d is not None and st and d.base <= r.address < d.base + d.size:
+                    slot = (r.address - d.base) // st
+                    if slot != last_slot[qn]:
+                        last_slot[qn] = slot
+                        started[qn] += 1
+            elif r.dir == Direction.UP and r.cls == SemClass.DESC_READ:
+                qn = next((qq for lo, hi, qq in ring_of if lo <= r.address < hi), None)
+                if qn in fetched:
+                    n = request_bytes(max(r.length, 1), r.first_be, r.last_be) // DESC_BYTES
+                    fetched[qn] += n
+                    batch.append(n)
+                    cache.append(fetched[qn] - started[qn])
             if r.type.is_completion:
                 k = (r.requester_id, r.tag)
                 q = open_.get(k)
@@ -269,6 +298,9 @@ def priors_from_traces(traces: list[tuple[TraceColumns, list[MacFrame]]]) -> Pri
     p.rx_lead_ns = med([g for g in lead if g >= 0], p.rx_lead_ns)
     p.tx_lag_ns = med([g for g in lag if g >= 0], p.tx_lag_ns)
     p.mmio_gap_ns = med(mmg, p.mmio_gap_ns)
+    if batch:
+        p.desc_batch = max(batch)
+        p.desc_cache = max(max(cache), p.desc_batch)
     p.dt_max_ns = float(np.percentile(dts, 99.99) / 1000) * 2 if dts else p.dt_max_ns
     p.reg_write, p.reg_read = reg_write, reg_read
     p.msix_table = [msix.get(o, 0) for o in (0, 4, 8, 12)] if msix else []
@@ -628,13 +660,15 @@ class Calibrator:
         for rd in list(self.dev_reads.values()):
             self._complete_read(rd, self.t_last, "drain")
         tx = self.q["tx"]
-        # TX: every posted descriptor is fetched, read, completed and recorded
-        while tx.posted > tx.fetched:
+        # TX: every posted descriptor is fetched, read, completed and recorded (as the cache makes room)
+        while True:
+            for f in list(tx.frames):
+                self._finish_tx_frame(f, "drain")
+                self._safe_point()
+            if tx.posted <= tx.fetched:
+                break
             self._complete_read(self._insert_desc_read(tx, self.t_last, tx.posted - tx.fetched, "drain"),
                                 self.t_last, "drain")
-        for f in list(tx.frames):
-            self._finish_tx_frame(f, "drain")
-            self._safe_point()
         # RX: frames with data get their records; descriptors prefetched and unused stay fetched
         rx = self.q["rx"]
         for f in list(rx.frames):
@@ -1155,6 +1189,9 @@ class Calibrator:
             q = self.q["tx"] if self._in_region(r.address, "tx") else (self.q["rx"] if self._in_region(r.address, "rx")
                                                                         else q)
         want = max(1, request_bytes(max(r.length, 1), r.first_be, r.last_be) // DESC_BYTES)
+        if self._cache_room(q) <= 0:
+            self._drop("descriptor read of a full descriptor cache")   # the device does not fetch then
+            return
         if q.posted == q.fetched:
             free = q.completed + q.entries - 1 - q.posted
             if free <= 0:
@@ -1184,12 +1221,23 @@ class Calibrator:
         reg = self.mm.find(a)
         return reg is not None and reg.kind.queue == qn
 
+    def _cache_room(self, q: _Queue) -> int:
+        """Descriptors the device may fetch now (its prefetch: the batch and the free cache entries; a fetch the
+        stream asks for is also no larger than what it asked, so the device's rule of not wrapping its cache
+        within one read is left to the stream)."""
+        cached = 0
+        for f in q.frames:   # fetched and not yet turned into frames (frames start in ring order)
+            if f.moved == 0 and not f.closed:
+                cached += 1
+        return min(self.p.desc_batch, self.p.desc_cache - cached)
+
     def _issue_desc_read(self, q: _Queue, t: int, want: int, tag: int, attr: int, src) -> _Read:
         avail = q.posted - q.fetched
         start = q.fetched % q.entries
         a = q.ring_base + start * DESC_BYTES
-        n = min(want, avail, q.entries - start, self.mrrs // DESC_BYTES, (4096 - (a & 0xFFF)) // DESC_BYTES)
-        n = max(n, 1)
+        n = min(want, avail, q.entries - start, self.mrrs // DESC_BYTES, (4096 - (a & 0xFFF)) // DESC_BYTES,
+                self._cache_room(q))
+        n = max(n, 1)   # (callers make sure the cache has room)
         in_tag = tag
         tag = self._dev_tag(tag, t)
         ty = TlpType.MRd64 if a >= 1 << 32 else TlpType.MRd32
