@@ -187,5 +187,49 @@ def main() -> int:
     return 0
 
 
+def _sig(x: float) -> str:
+    """A figure as docs/phantom.md writes it: three significant digits, thousands grouped, no exponent."""
+    if x is None or not np.isfinite(x):
+        return "n/a"
+    if x == 0:
+        return "0"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    digits = max(0, 2 - int(np.floor(np.log10(abs(x)))))
+    return f"{x:.{digits}f}".rstrip("0").rstrip(".") if "." in f"{x:.{digits}f}" else f"{x:.{digits}f}"
+
+
+ROW = {"real-train": "real training runs (the floor)"}
+
+
+def markdown(path: Path) -> str:
+    """The tables of docs/phantom.md's Results, rendered from a bench.json this script wrote."""
+    d = json.loads(path.read_text())
+    out: list[str] = []
+    for group, res in d["groups"].items():
+        out += [f"#### {group} ({res['real']['records']:,} records)",
+                "| system | FD | JSD mean | W1 dt (ns) | ACF err | task err | viol/TLP |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for s in res["systems"]:
+            name = ROW.get(s["name"], s["name"].replace("+cal", " + calibration"))
+            viol = "**0**" if s["name"].endswith("+cal") and s["violation_rate"] == 0 else _sig(s["violation_rate"])
+            jsd = float(np.mean(list(s["jsd"].values()))) if s["jsd"] else float("nan")
+            task = float(np.mean(list(s["task_rel_error"].values()))) if s["task_rel_error"] else float("nan")
+            out.append(f"| {name} | {_sig(s['fd'])} | {_sig(jsd)} | {_sig(s['w1']['dt_ns'])} | "
+                       f"{_sig(s['acf_error'])} | {_sig(task)} | {viol} |")
+        out.append("")
+    out += ["| backbone | records unchanged | changed | dropped | inserted (of output) | fields changed | "
+            "generation + calibration |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for b, fr in d["calibration"].items():
+        sp = d["speed"].get(b, {}).get("tlps_per_s", float("nan"))
+        out.append(f"| {b} | " + " | ".join(f"{100 * fr[k]:.1f} %" for k in ("unchanged", "changed", "dropped",
+                                                                             "inserted", "fields_changed"))
+                   + f" | {sp:,.0f} TLPs/s |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--markdown"] and len(sys.argv) == 3:
+        print(markdown(Path(sys.argv[2])))
+        sys.exit(0)
     sys.exit(main())
