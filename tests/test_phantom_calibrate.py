@@ -340,6 +340,26 @@ def test_stats_account_for_every_record(clean, priors):
     assert st.dropped == {"interrupt that announces nothing": 1, "completion without an outstanding host request": 1}
 
 
+def test_a_stream_cut_short_is_drained_and_every_drained_record_counted(clean, priors):
+    """A stream that stops mid-conversation (reads outstanding, frames posted and half moved) is finished by the
+    drain: every outstanding read answered, every posted TX descriptor fetched and its frame sent and recorded;
+    the output is legal and replayable and each drained record is counted under "drain"."""
+    h, recs, _ = clean
+    half = len(recs) // 2
+    cuts = {"mid-stream": half,
+            "after a TX doorbell": first(recs, lambda r: r.cls == SemClass.DOORBELL and r.address & 0xFFF == 0x10C,
+                                         half) + 1,
+            "after a host read": first(recs, lambda r: r.cls == SemClass.MMIO_READ and r.type.is_mem_read,
+                                       half) + 1}
+    for where, n in cuts.items():
+        R = copy.deepcopy(recs[:n])
+        out, frames, st = calibrate_records(h, R, priors)
+        assert_legal(h, out, frames)
+        assert st.records_out == len(out) == st.unchanged + st.changed + st.n_inserted, where
+        # a cut real trace is repaired only at its end, and all of that is the drain's
+        assert st.unchanged == len(R) and set(st.inserted) == {"drain"}, (where, st.format())
+
+
 def test_streaming_in_pieces_and_bounded_hold_back(clean, priors):
     """A stream fed record by record through a hold-back of 8 records is still legal and replayable."""
     h, recs, _ = clean
