@@ -457,6 +457,46 @@ def test_any_token_stream_calibrates_to_a_legal_trace(token_space, priors, seed,
                                                                                          got.desc_cache)
 
 
+def prefetch_oracle(h, R):
+    """The NIC's prefetch in a trace, counted directly: the largest descriptor read, and the most descriptors
+    fetched whose frame has not started (a frame starts at its first data move into a new buffer slot)."""
+    reg = {g["kind"]: g for g in h.memory_map}
+    slot = {q: reg[f"{q}_data"]["size"] // (reg[f"{q}_ring"]["size"] // 16) for q in ("tx", "rx")}
+    fetched, started, last = {"tx": 0, "rx": 0}, {"tx": 0, "rx": 0}, {"tx": None, "rx": None}
+    most_read = most_waiting = 0
+    for r in R:
+        if r.dir != Direction.UP:
+            continue
+        for q in ("tx", "rx"):
+            ring, data = reg[f"{q}_ring"], reg[f"{q}_data"]
+            if r.cls == SemClass.DESC_READ and ring["base"] <= r.address < ring["base"] + ring["size"]:
+                n = r.length * 4 // 16
+                fetched[q] += n
+                most_read = max(most_read, n)
+                most_waiting = max(most_waiting, fetched[q] - started[q])
+            elif r.cls in (SemClass.DATA_READ, SemClass.DATA_WRITE) \
+                    and data["base"] <= r.address < data["base"] + data["size"]:
+                k = (r.address - data["base"]) // slot[q]
+                if k != last[q]:
+                    last[q], started[q] = k, started[q] + 1
+    return most_read, most_waiting
+
+
+def test_prefetch_priors_are_measured():
+    """desc_batch and desc_cache are what the captures show, trace by trace and prefix by prefix (the defaults,
+    8 and 17, are the full captures' readings, so only prefixes tell a measurement from a default)."""
+    seen = set()
+    for name in ("mixed__base__s1", "rx_heavy__base__s1", "mixed__alt__s1"):
+        h, recs, mac = load(name)
+        for n in (150, 200, 250, 300, 400, len(recs)):
+            want = prefetch_oracle(h, recs[:n])
+            got = priors_from_traces([(TraceColumns.from_records(h, recs[:n]), mac)])
+            if want[0]:
+                assert (got.desc_batch, got.desc_cache) == (want[0], max(want)), (name, n, want)
+                seen.add(want)
+    assert len(seen) > 2, seen   # the prefixes differ: the test can tell a measurement from a constant
+
+
 def test_descriptor_fetches_keep_the_devices_prefetch(token_space, priors):
     """The NIC fetches at most DESC_BATCH (8) descriptors per read and holds at most DESC_CACHE (16) fetched
     descriptors whose frame has not started (rtl/nic_tx.v, nic_rx.v). Measured on the captures (17 as calibration
