@@ -195,8 +195,8 @@ def _sig(x: float) -> str:
         return "0"
     if abs(x) >= 1000:
         return f"{x:,.0f}"
-    digits = max(0, 2 - int(np.floor(np.log10(abs(x)))))
-    return f"{x:.{digits}f}".rstrip("0").rstrip(".") if "." in f"{x:.{digits}f}" else f"{x:.{digits}f}"
+    t = f"{x:.{max(0, 2 - int(np.floor(np.log10(abs(x)))))}f}"
+    return t.rstrip("0").rstrip(".") if "." in t else t
 
 
 ROW = {"real-train": "real training runs (the floor)"}
