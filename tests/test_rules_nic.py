@@ -321,6 +321,21 @@ def test_queue_reset_restarts_fetching_at_entry_zero():
     assert d.check().get("nic_desc_doorbell") == 1
 
 
+@pytest.mark.parametrize("split,flagged", [((4, 2), 0), ((6,), 1), ((5, 1), 1)])
+def test_a_descriptor_read_stops_at_the_ring_end(split, flagged):
+    """Entries 12..15 and 0..1 posted: the device reads up to the last entry and wraps with a new read
+    (rtl/nic_tx.v caps a fetch at the ring end); a read running past entry 15 reads no descriptor."""
+    c = Conv(header())
+    for k in range(12):
+        c.tx_frame(k)
+    c.doorbell("tx", 2)
+    start, descs = 12, [(TX_BUF + k % ENTRIES * 2048, 64) for k in range(12, 18)]
+    for n in split:
+        c.fetch("tx", start, descs[:n])
+        start, descs = (start + n) % ENTRIES, descs[n:]
+    assert c.check().get("nic_desc_doorbell", 0) == flagged
+
+
 def test_rx_queue_control_resets_only_the_rx_queue():
     c = Conv(header())
     c.tx_frame(0)

@@ -210,7 +210,11 @@ class NicChains:
             start = (address - q.ring_base) // DESC_BYTES
             n = nbytes // DESC_BYTES
             avail = (q.prod - q.fetch) % q.entries
-            if start != q.fetch or n > avail or n == 0:
+            if start + n > q.entries:    # past the last entry: the device wraps to entry 0 with a new read
+                self.emit("nic_desc_doorbell", i, t,
+                          f"{q.name} descriptor read of entries {start}..{start + n - 1} runs past the ring's last "
+                          f"entry {q.entries - 1}")
+            elif start != q.fetch or n > avail or n == 0:
                 self.emit("nic_desc_doorbell", i, t,
                           f"{q.name} descriptor read of entries {start}..{start + n - 1}: the device should fetch "
                           f"from {q.fetch}, {avail} posted (producer index {q.prod})")

@@ -118,7 +118,8 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     # NIC causality (this project's NIC: descriptor rings, completion records, MSI-X; needs the memory map)
     Rule("nic_desc_doorbell", Group.NIC, "device (rtl/nic_regs.vh)",
          "A descriptor read fetches, in ring order, only descriptors the host has posted (between the "
-         "device's fetch position and the producer index last written to the queue's doorbell)."),
+         "device's fetch position and the producer index last written to the queue's doorbell), and never "
+         "runs past the ring's last entry (it wraps to entry 0 with a new read)."),
     Rule("nic_data_desc", Group.NIC, "device (rtl/nic_regs.vh)",
          "A packet data read lies within the buffer of a descriptor the device has fetched and not yet "
          "completed."),
