@@ -19,7 +19,7 @@ from phantom.gen.calibrate import CalibrationStats, Calibrator, Priors, calibrat
 from phantom.gen.encoding import Encoding, ids_of
 from phantom.gen.hostside import check_records_host_side
 from phantom.rules import RULES, check_records
-from phantom.trace import (CplStatus, Direction, SemClass, TlpRecord, TlpType, TraceColumns, read_trace,
+from phantom.trace import (CplStatus, Direction, MacPort, SemClass, TlpRecord, TlpType, TraceColumns, read_trace,
                            trace_mac_frames)
 
 FIX = Path(__file__).resolve().parent.parent / "data" / "phantom" / "fixtures"
@@ -497,6 +497,128 @@ def test_prefetch_priors_are_measured():
     assert len(seen) > 2, seen   # the prefixes differ: the test can tell a measurement from a constant
 
 
+def priors_oracle(captures):
+    """Every measured prior counted directly from its definition (docstrings of `Priors`), trace by trace: the
+    quantiles and medians calibration draws inserted times, sizes and register values from."""
+    lat, mlat, gaps, txg, rxg, irq, fb, lead, lag, mmg, dts, dbl = ([] for _ in range(12))
+    reg_write, reg_read, msix, ids, msi = {}, {}, {}, [], []
+    for h, R, mac in captures:
+        reg = {g["kind"]: g for g in h.memory_map}
+        names = {off: name for name, off in h.device["registers"].items()}
+        bar, msix_at = reg["bar"]["base"], h.device["registers"]["REG_MSIX_TABLE"]
+        tx_slot = reg["tx_data"]["size"] // (reg["tx_ring"]["size"] // 16)
+
+        def where(a):
+            return next((k for k, g in reg.items() if g["base"] <= a < g["base"] + g["size"] and k != "bar"), None)
+
+        dts += [b.t_ps - a.t_ps for a, b in zip(R, R[1:])]
+        asked, answered, prev_cpl = {}, set(), None     # open requests by (requester, tag); first answers seen
+        tx_done, db_first, prev_bar_write, dw_last, news = {}, {}, None, None, None
+        for r in R:
+            if r.type in (TlpType.Cpl, TlpType.CplD):
+                if r.dir == Direction.DOWN:
+                    ids.append((r.completer_id, r.requester_id))
+                q = asked.get((r.requester_id, r.tag))
+                if q is None:
+                    continue
+                if q is not None and (r.requester_id, r.tag) not in answered:
+                    answered.add((r.requester_id, r.tag))
+                    (lat if q.dir == Direction.UP else mlat).append((r.t_ps - q.t_ps) / 1000)
+                elif prev_cpl is not None:
+                    gaps.append((r.t_ps - prev_cpl) / 1000)
+                prev_cpl = r.t_ps
+                if q.dir == Direction.DOWN and q.type in (TlpType.MRd32, TlpType.MRd64) and r.payload:
+                    reg_read.setdefault(names.get(q.address - bar), int.from_bytes(r.payload[:4], "little"))
+                last = r.type == TlpType.Cpl or r.byte_count <= r.length * 4 - (r.lower_address & 3)
+                if last:
+                    del asked[(r.requester_id, r.tag)]
+                    answered.discard((r.requester_id, r.tag))
+                    if q.cls == SemClass.DATA_READ:
+                        tx_done[(q.address - reg["tx_data"]["base"]) // tx_slot] = r.t_ps
+                continue
+            if r.type.is_non_posted:
+                asked[(r.requester_id, r.tag)] = r
+                answered.discard((r.requester_id, r.tag))
+            if r.cls == SemClass.DOORBELL:
+                db_first.setdefault(where(r.address)[:2], r.t_ps)
+            elif r.cls == SemClass.DESC_READ and where(r.address)[:2] in db_first:
+                dbl.append((r.t_ps - db_first.pop(where(r.address)[:2])) / 1000)
+            if r.dir == Direction.DOWN and r.type in (TlpType.MWr32, TlpType.MWr64):
+                off = r.address - bar
+                if r.cls != SemClass.DOORBELL and r.payload is not None and len(r.payload) >= 4:
+                    v = int.from_bytes(r.payload[:4], "little")
+                    if msix_at <= off < msix_at + 16:
+                        msix[off - msix_at] = v
+                    elif off in names:
+                        reg_write.setdefault(names[off], v)
+                if prev_bar_write is not None and r.t_ps - prev_bar_write < 2_000_000:
+                    mmg.append((r.t_ps - prev_bar_write) / 1000)
+                prev_bar_write = r.t_ps
+            if r.cls == SemClass.DATA_WRITE:
+                dw_last = r.t_ps
+            elif r.cls == SemClass.CPL_WRITE:
+                if where(r.address) == "tx_cpl_ring" and r.payload and len(r.payload) >= 8:
+                    slot, flen = struct.unpack_from("<II", r.payload, 0)
+                    fb.append(flen)
+                    if slot & 0xFFFF in tx_done:
+                        txg.append((r.t_ps - tx_done.pop(slot & 0xFFFF)) / 1000)
+                elif where(r.address) == "rx_cpl_ring" and dw_last is not None:
+                    rxg.append((r.t_ps - dw_last) / 1000)
+                news = r.t_ps if news is None else news
+            elif r.cls == SemClass.INTERRUPT:
+                if news is not None:
+                    irq.append((r.t_ps - news) / 1000)
+                news = None
+                if r.payload:
+                    msi.append(int.from_bytes(r.payload[:4], "little"))
+        writes = [r.t_ps for r in R if r.cls == SemClass.DATA_WRITE]
+        data_in = [r.t_ps for r in R if r.dir == Direction.DOWN and r.type == TlpType.CplD]
+        for f in mac:
+            if f.port == MacPort.RX and any(t >= f.t_ps for t in writes):
+                lead.append((min(t for t in writes if t >= f.t_ps) - f.t_ps) / 1000)
+            if f.port == MacPort.TX and any(t <= f.t_ps for t in data_in):
+                lag.append((f.t_ps - max(t for t in data_in if t <= f.t_ps)) / 1000)
+
+    def qs(a, default):
+        return [float(x) for x in np.percentile(a, np.linspace(0, 100, 33))] if a else default
+
+    def med(a, default):
+        return float(np.median(a)) if a else default
+
+    d = Priors()
+    return {"read_latency_ns": qs(lat, d.read_latency_ns), "mmio_latency_ns": qs(mlat, d.mmio_latency_ns),
+            "cpl_gap_ns": med([g for g in gaps if g >= 0], d.cpl_gap_ns),
+            "tx_cplw_gap_ns": qs([g for g in txg if g >= 0], d.tx_cplw_gap_ns),
+            "rx_cplw_gap_ns": qs([g for g in rxg if g >= 0], d.rx_cplw_gap_ns),
+            "irq_wait_ns": qs([g for g in irq if g >= 0], d.irq_wait_ns),
+            "doorbell_read_ns": qs([g for g in dbl if g >= 0], d.doorbell_read_ns),
+            "frame_bytes": qs(fb, d.frame_bytes),
+            "rx_lead_ns": med([g for g in lead if g >= 0], d.rx_lead_ns),
+            "tx_lag_ns": med([g for g in lag if g >= 0], d.tx_lag_ns), "mmio_gap_ns": med(mmg, d.mmio_gap_ns),
+            "dt_max_ns": float(np.percentile(dts, 99.99) / 1000) * 2 if dts else d.dt_max_ns,
+            "reg_write": reg_write, "reg_read": reg_read,
+            "msix_table": [msix.get(o, 0) for o in (0, 4, 8, 12)] if msix else [],
+            "msi_data": msi[0] if msi else 0,
+            "host_id": ids[0][0] if ids else d.host_id, "device_id": ids[0][1] if ids else d.device_id}
+
+
+@pytest.mark.parametrize("names", [("mixed__base__s1",), ("rx_heavy__alt__s2",), ("numa__base__s2",),
+                                   ("mixed__alt__s3", "numa__alt__s1", "rx_heavy__base__s3")])
+def test_priors_are_what_the_captures_show(names):
+    """Each measured prior equals the oracle's count, on whole captures, on prefixes (which cut reads, frames and
+    interrupts short) and on several traces together (each trace's running state starts afresh)."""
+    caps = [load(n) for n in names]
+    distinct = set()
+    for cut in (120, 260, None):
+        part = [(h, R[:cut], [f for f in mac if cut is None or f.t_ps <= R[cut - 1].t_ps]) for h, R, mac in caps]
+        got = priors_from_traces([(TraceColumns.from_records(h, R), mac) for h, R, mac in part]).to_json()
+        want = priors_oracle(part)
+        for k, v in want.items():
+            assert got[k] == v, (names, cut, k, got[k], v)
+        distinct.add(repr(want))
+    assert len(distinct) == 3          # the cuts measure different things: no default stands in for a measurement
+
+
 def test_descriptor_fetches_keep_the_devices_prefetch(token_space, priors):
     """The NIC fetches at most DESC_BATCH (8) descriptors per read and holds at most DESC_CACHE (16) fetched
     descriptors whose frame has not started (rtl/nic_tx.v, nic_rx.v). Measured on the captures (17 as calibration
@@ -516,6 +638,22 @@ def test_descriptor_fetches_keep_the_devices_prefetch(token_space, priors):
         reached = (max(reached[0], got.desc_batch), max(reached[1], got.desc_cache))
     # held to the bounds, not below them: the device fills its batch and its cache
     assert dropped > 0 and reached == (8, 17), (dropped, reached)
+
+
+def test_descriptor_fetches_stop_at_the_ring_end(token_space, priors):
+    """With 64-entry rings (1 KB, so the 4 KB rule does not bound a fetch at the ring's end) calibration's
+    descriptor reads end at the last entry and wrap with a new read, as the device does; the checker tells."""
+    h, enc, _ = token_space
+    h = dataclasses.replace(h, memory_map=[dict(g, size=1024) if g["kind"] in ("tx_ring", "rx_ring") else g
+                                           for g in h.memory_map])
+    at_end = 0
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        g = np.stack([rng.integers(0, v, 1500) for v in enc.vocab], 1)
+        out, mac, _ = calibrate_records(h, list(enc.decode(h, g).records()), priors, seed=seed)
+        assert_legal(h, out, mac)
+        at_end += sum(r.cls == SemClass.DESC_READ and (r.address + r.length * 4) % 1024 == 0 for r in out)
+    assert at_end >= 3, at_end    # fetches reach the ring's end, so the bound is exercised
 
 
 def test_calibration_stats_format():
