@@ -321,7 +321,11 @@ def test_queue_reset_restarts_fetching_at_entry_zero():
     assert d.check().get("nic_desc_doorbell") == 1
 
 
-@pytest.mark.parametrize("split,flagged", [((4, 2), 0), ((6,), 1), ((5, 1), 1)])
+def desc_doorbell_violations(c):
+    return [v for v in check_records(c.h, c.recs).first if v.rule == "nic_desc_doorbell"]
+
+
+@pytest.mark.parametrize("split,flagged", [((4, 2), None), ((6,), "12..17"), ((5, 1), "12..16")])
 def test_a_descriptor_read_stops_at_the_ring_end(split, flagged):
     """Entries 12..15 and 0..1 posted: the device reads up to the last entry and wraps with a new read
     (rtl/nic_tx.v caps a fetch at the ring end); a read running past entry 15 reads no descriptor."""
@@ -330,10 +334,33 @@ def test_a_descriptor_read_stops_at_the_ring_end(split, flagged):
         c.tx_frame(k)
     c.doorbell("tx", 2)
     start, descs = 12, [(TX_BUF + k % ENTRIES * 2048, 64) for k in range(12, 18)]
+    first = len(c.recs)
     for n in split:
         c.fetch("tx", start, descs[:n])
         start, descs = (start + n) % ENTRIES, descs[n:]
+    assert c.check().get("nic_desc_doorbell", 0) == (flagged is not None)
+    if flagged:
+        (v,) = desc_doorbell_violations(c)
+        assert (v.index, v.t_ps) == (first, c.recs[first].t_ps)     # the read itself, at its time
+        assert v.message == f"tx descriptor read of entries {flagged} runs past the ring's last entry 15"
+
+
+@pytest.mark.parametrize("n,flagged", [(2, False), (3, True), (0, True)])
+def test_a_descriptor_read_fetches_only_what_is_posted(n, flagged):
+    """Entries 0 and 1 posted: a read of both is legal; one more (the device fetching past the producer index,
+    NIC_FAULT_PREFETCH_PAST_PROD) or an empty read is not."""
+    c = Conv(header())
+    c.doorbell("tx", 2)
+    first = len(c.recs)
+    ring = TX_RING
+    tag = c.read(ring, 16 * n if n else 4, SemClass.DESC_READ)
+    c.complete(tag, bytes(16 * n if n else 4))
     assert c.check().get("nic_desc_doorbell", 0) == flagged
+    if flagged:
+        (v,) = desc_doorbell_violations(c)
+        assert (v.index, v.t_ps) == (first, c.recs[first].t_ps)
+        assert v.message == (f"tx descriptor read of entries 0..{n - 1}: the device should fetch from 0, 2 posted "
+                             "(producer index 2)")
 
 
 def test_rx_queue_control_resets_only_the_rx_queue():
