@@ -186,6 +186,9 @@ endfunction
 // planted fault: one descriptor past the producer index when fewer than a batch are posted
 wire [15:0] df_n = min2(min2(min2(avail == 16'd0 ? 16'd0 : avail + 16'd1, DESC_BATCH[15:0]), cache_free),
                         min2(to_ring_end, to_cache_end));
+`elsif NIC_FAULT_FETCH_PAST_RING_END
+// planted fault: a fetch is not cut at the ring's last entry (it reads past the ring instead of wrapping)
+wire [15:0] df_n = min2(min2(min2(avail, DESC_BATCH[15:0]), cache_free), to_cache_end);
 `else
 wire [15:0] df_n = min2(min2(min2(avail, DESC_BATCH[15:0]), cache_free), min2(to_ring_end, to_cache_end));
 `endif

@@ -15,7 +15,8 @@ SIMULATORS = ("verilator", "icarus")
 DATA_WIDTHS = (64, 128, 256)
 # planted RTL faults (rtl/*.v `ifdef NIC_FAULT_*): one per variant build, for the regression to find
 FAULTS = ("NIC_FAULT_SPLIT_4K", "NIC_FAULT_MRRS_OFF_BY_ONE", "NIC_FAULT_IRQ_BEFORE_DATA", "NIC_FAULT_TAG_LEAK",
-          "NIC_FAULT_BC_REASSEMBLY", "NIC_FAULT_PREFETCH_PAST_PROD", "NIC_FAULT_CREDIT_OFF_BY_ONE")
+          "NIC_FAULT_BC_REASSEMBLY", "NIC_FAULT_PREFETCH_PAST_PROD", "NIC_FAULT_CREDIT_OFF_BY_ONE",
+          "NIC_FAULT_FETCH_PAST_RING_END")
 
 
 class SimulationFailed(AssertionError):

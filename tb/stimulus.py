@@ -30,6 +30,7 @@ class Stimulus:
     host: str = "realistic"                     # host profile of the replay's root complex (tb.host_model)
     registers: dict[str, int] = field(default_factory=dict)   # values the host programs at initialisation
     buffer_offset: int = 0                      # bytes past each buffer slot's start the host puts a buffer
+    rings: dict[str, int] = field(default_factory=dict)       # queue -> ring entries (smaller than captured)
     tlps: int = 4000                            # records the backbone generates
     seed: int = 1
     timing: str = "asap"                        # replay timing: the device's own pace
@@ -40,6 +41,10 @@ class Stimulus:
         if not 0 <= self.buffer_offset < 4096 or self.buffer_offset % 4:
             raise ValueError(f"stimulus {self.name}: buffer_offset must be a multiple of 4 in [0, 4096), got "
                              f"{self.buffer_offset!r}")
+        for q, n in self.rings.items():
+            if q not in ("tx", "rx") or not isinstance(n, int) or isinstance(n, bool) or n < 2 or n & (n - 1):
+                raise ValueError(f"stimulus {self.name}: rings must map 'tx'/'rx' to a power of two >= 2, got "
+                                 f"{q!r}: {n!r}")
         if self.timing not in ("trace", "asap"):
             raise ValueError(f"stimulus {self.name}: timing must be 'trace' or 'asap', got {self.timing!r}")
 
@@ -72,6 +77,11 @@ STIMULI: tuple[Stimulus, ...] = (
              scenario="jumbo", link={"mps": 128, "mrrs": 4096, "rcb": 64}, tlps=4000),
     Stimulus("small-unaligned", "small frames in buffers at odd DWORD offsets (alignments 4-32 B) with MPS 512",
              scenario="small", link={"mps": 512, "mrrs": 256}, buffer_offset=36, tlps=4000),
+    Stimulus("small-rings", "8-entry TX and RX rings, smaller than the device's 16-descriptor cache (captured "
+             "rings have 256 entries, a multiple of the cache, so the cache end always comes first): a fetch must "
+             "stop at the ring's last entry and wrap, and completion-record phases flip every 8 frames",
+             knobs={"tx_fraction": 0.6, "frame_bytes": 400.0, "small_fraction": 0.4}, rings={"tx": 8, "rx": 8},
+             tlps=4000),
 )
 _BY_NAME = {s.name: s for s in STIMULI}
 
@@ -94,7 +104,8 @@ def make_stimulus(spec: Stimulus, out_dir: Path, checkpoint: Path = CHECKPOINT) 
     ck = load_checkpoint(checkpoint)
     cond = resolve_condition(ck, spec.scenario or None, spec.knobs, spec.link)
     model = get_host_profile(spec.host).to_json()
-    setup = HostSetup(model=model, registers=dict(spec.registers), buffer_offset=spec.buffer_offset)
+    setup = HostSetup(model=model, registers=dict(spec.registers), buffer_offset=spec.buffer_offset,
+                      ring_entries=dict(spec.rings))
     out = out_dir / f"{spec.name}.jsonl.gz"
     rep = generate(ck, out, cond, GenerateConfig(tlps=spec.tlps, seed=spec.seed, progress=False), host=setup)
     (out_dir / f"{spec.name}.gen.json").write_text(json.dumps({"stimulus": spec.to_json(), "records": rep.records,

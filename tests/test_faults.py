@@ -25,6 +25,9 @@ SYMPTOM = {
     "NIC_FAULT_BC_REASSEMBLY": ("scoreboard", "differ"),
     "NIC_FAULT_PREFETCH_PAST_PROD": ("nic_desc_doorbell",),
     "NIC_FAULT_CREDIT_OFF_BY_ONE": ("dropped", "timeout"),
+    # the checker's rule, not the stall that follows: before nic_desc_doorbell bounded a read by the ring's end,
+    # only the stall told (and not why)
+    "NIC_FAULT_FETCH_PAST_RING_END": ("runs past the ring's last entry",),
 }
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from phantom.gen.condition import (Condition, ConditionSpace, HostSetup, Knobs, Link, measure)
+from phantom.memmap import MemoryMap, RegionKind
 from phantom.trace import SemClass, load_any_columns
 
 FIX = Path(__file__).resolve().parent.parent / "data" / "phantom" / "fixtures"
@@ -123,8 +124,9 @@ def test_host_setup_validation():
                   buffer_offset=4092)
     assert h.to_json() == {"model": {"name": "x"}, "registers": {"REG_IRQ_COAL_COUNT": 1,
                                                                   "REG_DMA_CREDITS": 0xFFFFFFFF},
-                           "buffer_offset": 4092}
-    assert HostSetup().to_json() == {"model": None, "registers": {}, "buffer_offset": 0}
+                           "buffer_offset": 4092, "ring_entries": {}}
+    assert HostSetup().to_json() == {"model": None, "registers": {}, "buffer_offset": 0, "ring_entries": {}}
+    assert HostSetup(ring_entries={"tx": 2, "rx": 256}).to_json()["ring_entries"] == {"tx": 2, "rx": 256}
     assert HostSetup(registers={"REG_IRQ_COAL_TIMER": 0}).registers == {"REG_IRQ_COAL_TIMER": 0}   # 0 is a value
     for bad, word in (({"model": "tight"}, "host model must be a dict .*, got str"),
                       ({"registers": {"IRQ": 1}}, "expected a register name"),
@@ -132,6 +134,33 @@ def test_host_setup_validation():
                       ({"registers": {"REG_X": 1 << 32}}, "32-bit unsigned"),
                       ({"registers": {"REG_X": True}}, "32-bit unsigned"),
                       ({"buffer_offset": 4096}, "buffer_offset"), ({"buffer_offset": -4}, "buffer_offset"),
-                      ({"buffer_offset": 2}, "buffer_offset"), ({"buffer_offset": 4.0}, "buffer_offset")):
+                      ({"buffer_offset": 2}, "buffer_offset"), ({"buffer_offset": 4.0}, "buffer_offset"),
+                      ({"ring_entries": {"cpl": 8}}, "ring_entries: unknown queue 'cpl'"),
+                      ({"ring_entries": {"tx": 1}}, "ring_entries tx: expected a power of two >= 2, got 1"),
+                      ({"ring_entries": {"rx": 12}}, "ring_entries rx: expected a power of two >= 2, got 12"),
+                      ({"ring_entries": {"tx": 8.0}}, "ring_entries tx: expected a power of two >= 2, got 8.0"),
+                      ({"ring_entries": {"tx": True}}, "ring_entries tx: expected a power of two >= 2, got True")):
         with pytest.raises(ValueError, match=word):
             HostSetup(**bad)
+
+
+def test_host_setup_shrinks_only_the_named_rings():
+    """Ring, completion ring and buffers of a named queue keep their bases and per-entry sizes at the new count;
+    every other region is what it was."""
+    h = load_any_columns(FIX / "mixed__base__s1.jsonl.gz").header
+    mm = MemoryMap.from_json(h.memory_map)
+    have = mm.of_kind(RegionKind.TX_RING)[0].size // 16
+    per = {k: mm.of_kind(k)[0].size // have for k in (RegionKind.TX_RING, RegionKind.TX_CPL_RING, RegionKind.TX_DATA)}
+    out = HostSetup(ring_entries={"tx": 8}).memory_map(h.memory_map)
+    assert [g["base"] for g in out] == [g["base"] for g in h.memory_map]
+    for g, old in zip(out, h.memory_map):
+        kind = RegionKind(g["kind"])
+        assert g["size"] == (per[kind] * 8 if kind in per else old["size"]), kind
+    assert sum(g["size"] != old["size"] for g, old in zip(out, h.memory_map)) == 3
+    assert HostSetup(ring_entries={"rx": have}).memory_map(h.memory_map) == h.memory_map   # the learned size
+    with pytest.raises(ValueError, match=f"ring_entries tx: {2 * have} entries is more than the learned ring's "
+                                         f"{have}"):
+        HostSetup(ring_entries={"tx": 2 * have}).memory_map(h.memory_map)
+    no_rx = [g for g in h.memory_map if g["kind"] != "rx_ring"]
+    with pytest.raises(ValueError, match="ring_entries rx: the memory map has no rx_ring region"):
+        HostSetup(ring_entries={"rx": 8}).memory_map(no_rx)

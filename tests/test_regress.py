@@ -81,6 +81,9 @@ def test_stimulus_set_is_valid_and_bad_specs_are_refused():
         Stimulus("x", "y", host="nope")
     with pytest.raises(ValueError, match="timing must be"):
         Stimulus("x", "y", timing="fast")
+    for bad in ({"tx": 6}, {"cpl": 8}, {"rx": 1}, {"tx": True}):
+        with pytest.raises(ValueError, match="stimulus x: rings must map 'tx'/'rx' to a power of two >= 2"):
+            Stimulus("x", "y", rings=bad)
 
 
 def test_case_of_an_unknown_kind_is_a_set_up_error(tmp_path):

@@ -167,11 +167,16 @@ class HostSetup:
     host profile's ``to_json()``), register values the driver programs at initialisation (names of the device's
     register map: ``REG_IRQ_COAL_COUNT``, ``REG_DMA_CREDITS``, ...), and how many bytes past the start of each
     buffer slot the host puts a packet buffer (a multiple of 4 below 4096: buffers that straddle a 4 KB page or
-    sit at odd DWORD alignments, which captures never have since the driver page-aligns every slot)."""
+    sit at odd DWORD alignments, which captures never have since the driver page-aligns every slot).
+    ``ring_entries``: descriptor rings smaller than the captures' (queue "tx"/"rx" -> entries, a power of two from
+    2 up to the learned ring's size): the ring, its completion ring and its buffers keep their bases and per-entry
+    sizes and shrink to that many entries (``memory_map``), so the producer index wraps sooner and, below the
+    device's 16-entry descriptor cache, the ring's end bounds a fetch."""
 
     model: dict[str, Any] | None = None
     registers: dict[str, int] = field(default_factory=dict)
     buffer_offset: int = 0
+    ring_entries: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, dict):
@@ -183,6 +188,34 @@ class HostSetup:
                 raise ValueError(f"host register {k}: value must be a 32-bit unsigned integer, got {v!r}")
         if not isinstance(self.buffer_offset, int) or not 0 <= self.buffer_offset < 4096 or self.buffer_offset % 4:
             raise ValueError(f"buffer_offset must be a multiple of 4 in [0, 4096), got {self.buffer_offset!r}")
+        for q, n in self.ring_entries.items():
+            if q not in _RING_KINDS:
+                raise ValueError(f"ring_entries: unknown queue {q!r} (expected 'tx' or 'rx')")
+            if not isinstance(n, int) or isinstance(n, bool) or n < 2 or n & (n - 1):
+                raise ValueError(f"ring_entries {q}: expected a power of two >= 2, got {n!r}")
+
+    def memory_map(self, regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A header's memory map with the rings of ``ring_entries`` shrunk (bases and per-entry sizes kept)."""
+        mm = MemoryMap.from_json(regions)
+        size: dict[str, int] = {}
+        for q, n in self.ring_entries.items():
+            ring_kind = _RING_KINDS[q][0]
+            rings = mm.of_kind(ring_kind)
+            if not rings:
+                raise ValueError(f"ring_entries {q}: the memory map has no {ring_kind.value} region")
+            have = rings[0].size // 16
+            if n > have:
+                raise ValueError(f"ring_entries {q}: {n} entries is more than the learned ring's {have}")
+            for kind in _RING_KINDS[q]:
+                for g in mm.of_kind(kind):
+                    size[kind.value] = g.size // have * n
+        return [dict(g, size=size[g["kind"]]) if g["kind"] in size else dict(g) for g in regions]
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model, "registers": dict(self.registers), "buffer_offset": self.buffer_offset}
+        return {"model": self.model, "registers": dict(self.registers), "buffer_offset": self.buffer_offset,
+                "ring_entries": dict(self.ring_entries)}
+
+
+# a queue's regions that scale with its entries: the descriptor ring, the completion ring, the packet buffers
+_RING_KINDS = {"tx": (RegionKind.TX_RING, RegionKind.TX_CPL_RING, RegionKind.TX_DATA),
+               "rx": (RegionKind.RX_RING, RegionKind.RX_CPL_RING, RegionKind.RX_DATA)}

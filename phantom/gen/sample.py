@@ -165,6 +165,8 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
             raise ValueError("a host set-up is applied by calibration: it cannot be given with --raw")
         if host.model is not None:
             header.host = {**(header.host or {}), "model": copy.deepcopy(host.model)}
+        if host.ring_entries:
+            header.memory_map = host.memory_map(header.memory_map)
         header.extra["generated"]["host_setup"] = host.to_json()
     device = pick_device(cfg.device)
     kw: dict[str, Any] = {"device": device, "constrained": cfg.constrained, "batch": cfg.batch}
