@@ -434,3 +434,217 @@ def test_a_queue_missing_from_the_map_is_ignored_the_other_checked():
     c.rx_data(RX_BUF, 64)                 # no RX queue in the map: not the machine's
     c.tx_frame(0)                         # TX is still checked: entry 0 fetched again without a reset
     assert c.check() == {"nic_desc_doorbell": 1, "nic_cpl_order": 1}
+
+
+def nic_first(c):
+    """The NIC violations as (rule, record index, t_ps, message), the same from the reference and the columnar
+    checker (the record's own index and time: a violation is reported where it happens)."""
+    ref = [(v.rule, v.index, v.t_ps, v.message) for v in check_records(c.h, c.recs).first if v.rule.startswith("nic_")]
+    fast = [(v.rule, v.index, v.t_ps, v.message)
+            for v in check_columns(TraceColumns.from_records(c.h, c.recs)).first if v.rule.startswith("nic_")]
+    assert fast == ref
+    return ref
+
+
+def test_the_nic_violations_name_their_record_its_time_and_what_was_wrong():
+    c = Conv(header())
+    c.irq()
+    irq = len(c.recs) - 1
+    c.tx_frame(0)
+    c.rx_data(RX_BUF + 0x100, 64)            # no RX descriptor was fetched
+    stray = len(c.recs) - 1
+    assert nic_first(c) == [
+        ("nic_irq_cpl", irq, c.recs[irq].t_ps,
+         "interrupt announces nothing: no completion record and no error since the previous interrupt"),
+        ("nic_data_desc", stray, c.recs[stray].t_ps,
+         f"rx data write at {RX_BUF + 0x100:#x}+64 is not the next data of any fetched descriptor")]
+
+
+def test_a_write_past_a_full_buffer_runs_past_its_descriptor():
+    """The full buffer still expects its next address when no other buffer starts there: a write there is named
+    as running past that descriptor, not as data of no descriptor."""
+    c = Conv(header())
+    c.doorbell("rx", 1)
+    c.fetch("rx", 0, [(RX_BUF + 4096, 512)])
+    c.rx_data(RX_BUF + 4096, 512)
+    c.rx_data(RX_BUF + 4096 + 512, 64)
+    past = len(c.recs) - 1
+    assert nic_first(c) == [("nic_data_desc", past, c.recs[past].t_ps,
+                             f"rx data write at {RX_BUF + 4608:#x}+64 runs past descriptor 0 "
+                             f"({RX_BUF + 4096:#x}+512)")]
+
+
+@pytest.mark.parametrize("payload", [None, bytes(8)])
+def test_a_completion_record_without_its_bytes_still_takes_its_slot(payload):
+    """A record whose payload was not kept (or is cut short) cannot be read, but it is news and it fills its
+    slot: the next record is expected in the slot after it."""
+    c = Conv(header())
+    c.tx_frame(0)
+    r = c.recs[-1]
+    r.payload = payload
+    r.payload_len = 16
+    c.irq()                                 # announces the unreadable record: legal
+    c.tx_frame(1)
+    c.irq()
+    assert c.check() == {}
+    assert nic_first(c) == []
+
+
+def _quarantine_old_and_young(c, old, young, old_age_ps, hold_ps):
+    """`old` TX data reads, `young` more 5 us later, all timed out (20 us); then a queue reset when the old ones
+    are old_age_ps old (hold_ps: the header's tag hold), the doorbell, and an interrupt that is legal only if
+    the doorbell met an exhausted queue (5-bit tags: 16 quarantined)."""
+    c.tx_frame(0)
+    c.irq()
+    t_old = c.t + 10_000
+    for k in range(old):
+        c.read(TX_BUF + 4096 + 64 * k, 64, SemClass.DATA_READ, dt=10_000 if k == 0 else 0)
+    c.t = t_old + 5 * US
+    for k in range(young):
+        c.read(TX_BUF + 8192 + 64 * k, 64, SemClass.DATA_READ, dt=10_000)
+    assert c.t - t_old < 6 * US
+    c.t = t_old + old_age_ps - 2 * US
+    c.irq()                                           # every read has timed out: errors, announced
+    c.t = t_old + old_age_ps - 1
+    c.host_write(QCTRL["tx"], 0, dt=1)                # at t_old + old_age_ps: the reset releases what is old enough
+    assert c.recs[-1].t_ps - t_old == old_age_ps
+    c.host_write(QCTRL["tx"], 1)
+    c.doorbell("tx", 1)
+    c.irq()
+
+
+@pytest.mark.parametrize("old,young,age_us,flagged", [
+    (1, 15, 30.0, 1),    # held exactly the hold: released, 15 left, not exhausted: the interrupt announces nothing
+    (2, 16, 31.0, 0),    # the two old released, the 16 young (25 us, under the hold) stay: still exhausted
+])
+def test_a_queue_reset_releases_exactly_the_tags_held_long_enough(old, young, age_us, flagged):
+    h = header(tag_width=5, tag_hold_ns=30_000.0)
+    c = Conv(h)
+    _quarantine_old_and_young(c, old, young, int(age_us * US), 30 * US)
+    assert c.check().get("nic_irq_cpl", 0) == flagged
+
+
+def _split_completions(c, tag, payload, piece):
+    """Completions of one read in `piece`-byte parts (RCB-aligned: the read starts on a 64-byte boundary)."""
+    n = len(payload)
+    for off in range(0, n, piece):
+        part = payload[off:off + piece]
+        c._add(50_000, dir=Direction.DOWN, type=TlpType.CplD, length=len(part) // 4, tag=tag, requester_id=DEV,
+               completer_id=HOST, byte_count=n - off, lower_address=off & 0x7F, payload_len=len(part),
+               payload=part, cls=SemClass.COMPLETION)
+
+
+def test_a_data_read_answered_in_parts_ends_with_its_last_part():
+    """The read is answered in full by two completions: nothing is left outstanding, so no timeout error is
+    pending when a later interrupt comes, and that interrupt announces nothing."""
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 512)])
+    tag = c.read(TX_BUF, 512, SemClass.DATA_READ)
+    _split_completions(c, tag, bytes(512), 256)
+    c.record("tx", 0, 512)
+    c.irq()
+    assert c.check() == {}
+    c.t += 100 * US                       # long past any deadline: a read still outstanding would have timed out
+    c.irq()
+    assert c.check() == {"nic_irq_cpl": 1}
+
+
+def test_a_descriptor_read_answered_in_parts_delivers_every_descriptor():
+    """Eight descriptors in two 64-byte completions (RCB 64): the four of the second part are fetched too."""
+    c = Conv(header())
+    c.doorbell("tx", 8)
+    descs = [(TX_BUF + k * 2048, 256) for k in range(8)]
+    tag = c.read(TX_RING, 128, SemClass.DESC_READ)
+    _split_completions(c, tag, b"".join(struct.pack("<QIxxxx", a, n) for a, n in descs), 64)
+    for k in range(8):
+        c.tx_data(TX_BUF + k * 2048, 256)
+        c.record("tx", k, 256)
+    c.irq()
+    assert c.check() == {}
+
+
+def _one(c, rule):
+    """The single violation of `rule`, and the record it must be at (the last one written)."""
+    (v,) = [x for x in nic_first(c) if x[0] == rule]
+    return v
+
+
+def test_completion_record_in_the_wrong_slot_names_slot_entry_and_phase():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    c.tx_data(TX_BUF, 256)
+    c.record("tx", 0, 256, slot=3)
+    r = c.recs[-1]
+    assert _one(c, "nic_cpl_order") == ("nic_cpl_order", len(c.recs) - 1, r.t_ps,
+                                        "tx completion record for entry 0 at slot 3 (valid 1, phase 0): expected "
+                                        "entry 0, phase 0")
+
+
+def test_a_record_without_its_valid_bit_on_the_second_lap_of_the_ring():
+    """Lap 1 expects phase 1: a record with the phase right and the valid bit clear is still out of order."""
+    c = Conv(header())
+    for k in range(ENTRIES):
+        c.tx_frame(k)
+    c.tx_frame(0)
+    r = c.recs[-1]
+    r.payload = r.payload[:12] + struct.pack("<I", 1)          # DW3: valid 0, phase 1
+    assert _one(c, "nic_cpl_order") == ("nic_cpl_order", len(c.recs) - 1, r.t_ps,
+                                        "tx completion record for entry 0 at slot 0 (valid 0, phase 1): expected "
+                                        "entry 0, phase 1")
+
+
+def test_a_record_for_an_entry_never_fetched():
+    c = Conv(header())
+    c.record("tx", 0, 256)
+    r = c.recs[-1]
+    assert _one(c, "nic_cpl_order") == ("nic_cpl_order", 0, r.t_ps,
+                                        "tx completion record for entry 0, which was never fetched")
+
+
+def test_a_tx_record_before_its_data_says_how_much_was_read():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    tag = c.read(TX_BUF, 128, SemClass.DATA_READ)
+    c.complete(tag, bytes(128))
+    c.record("tx", 0, 256)
+    r = c.recs[-1]
+    assert _one(c, "nic_cpl_data") == ("nic_cpl_data", len(c.recs) - 1, r.t_ps,
+                                       "tx completion record for entry 0 (256 B) before its data was read: 128 B "
+                                       "requested, 128 B received of 256")
+
+
+def test_an_rx_record_reporting_more_than_was_written():
+    c = Conv(header())
+    c.doorbell("rx", 1)
+    c.fetch("rx", 0, [(RX_BUF, 2048)])
+    c.rx_data(RX_BUF, 256)
+    c.record("rx", 0, 512)
+    r = c.recs[-1]
+    assert _one(c, "nic_cpl_data") == ("nic_cpl_data", len(c.recs) - 1, r.t_ps,
+                                       "rx completion record for entry 0 reports 512 B, 256 B written to its 2048 B "
+                                       "buffer")
+
+
+def test_a_two_byte_doorbell_write_sets_the_producer_index():
+    """The producer index is the low 16 bits of the doorbell: a 2-byte write (byte enables 0x3) carries it."""
+    c = Conv(header())
+    d = c.doorbell("tx", 1)
+    d.first_be, d.payload, d.payload_len = 0x3, struct.pack("<H", 1), 2
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    c.tx_data(TX_BUF, 256)
+    c.record("tx", 0, 256)
+    c.irq()
+    assert c.check() == {}
+
+
+def test_a_doorbell_whose_payload_was_not_kept_leaves_the_producer_index():
+    """Without its bytes the write cannot move the producer index: the entry fetched after it is reported as not
+    posted (the checker does not guess), and nothing fails."""
+    c = Conv(header())
+    d = c.doorbell("tx", 1)
+    d.payload = None
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    assert c.check() == {"nic_desc_doorbell": 1}

@@ -117,13 +117,13 @@ class NicChains:
         self.watched = set(self.doorbell) | set(self.qctrl)  # the host writes the machine looks at
         self.reads: dict[tuple[int, int], _Read] = {}     # outstanding device reads, oldest first
         self.expired: dict[tuple[int, int], _Read] = {}   # timed out, not answered late
-        self.news = 0      # completion records since the previous interrupt
-        self.errors = 0    # error events since the previous interrupt
+        self.news = False    # a completion record since the previous interrupt
+        self.errors = False  # an error event since the previous interrupt (what the device raises one for)
         self.now = -1
 
     # ---------------------------------------------------------------------------------------------
     def _error(self) -> None:
-        self.errors += 1
+        self.errors = True
 
     def _expire(self, t: int) -> None:
         """Reads past their deadline at the latest arrival time: moved to ``expired`` (an error event each)."""
@@ -330,7 +330,7 @@ class NicChains:
 
     def cpl_record(self, i: int, t: int, q: _Queue, address: int, payload: bytes | None) -> None:
         """A completion record written to queue q's completion ring."""
-        self.news += 1
+        self.news = True
         if payload is None or len(payload) < CPL_BYTES:
             q.next_cpl = (q.next_cpl + 1) % q.entries
             return
@@ -362,11 +362,11 @@ class NicChains:
     def interrupt(self, i: int, t: int) -> None:
         """An MSI-X write."""
         self._expire(t)
-        if self.news == 0 and self.errors == 0 and not self._read_overdue(t):
+        if not self.news and not self.errors and not self._read_overdue(t):
             self.emit("nic_irq_cpl", i, t, "interrupt announces nothing: no completion record and no error since "
                                            "the previous interrupt")
-        self.news = 0
-        self.errors = 0
+        self.news = False
+        self.errors = False
 
     def _read_overdue(self, t: int) -> bool:
         """A device read close to its timeout: the device may already have timed it out (an error interrupt)."""
