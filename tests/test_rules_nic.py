@@ -648,3 +648,71 @@ def test_a_doorbell_whose_payload_was_not_kept_leaves_the_producer_index():
     d.payload = None
     c.fetch("tx", 0, [(TX_BUF, 256)])
     assert c.check() == {"nic_desc_doorbell": 1}
+
+
+def test_a_tx_data_read_past_its_descriptor_names_the_descriptor():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    tag = c.read(TX_BUF, 512, SemClass.DATA_READ)
+    at = len(c.recs) - 1
+    c.complete(tag, bytes(512))
+    assert _one(c, "nic_data_desc") == ("nic_data_desc", at, c.recs[at].t_ps,
+                                        f"tx data read at {TX_BUF:#x}+512 runs past descriptor 0 ({TX_BUF:#x}+256)")
+
+
+def test_a_tx_data_read_of_no_descriptor_names_itself():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    tag = c.read(TX_BUF + 4096, 64, SemClass.DATA_READ)
+    at = len(c.recs) - 1
+    c.complete(tag, bytes(64))
+    assert _one(c, "nic_data_desc") == ("nic_data_desc", at, c.recs[at].t_ps,
+                                        f"tx data read at {TX_BUF + 4096:#x}+64 is not the next data of any fetched "
+                                        f"descriptor")
+
+
+def test_tx_buffers_back_to_back_a_fully_read_buffer_does_not_claim_the_next():
+    c = Conv(header())
+    c.doorbell("tx", 2)
+    c.fetch("tx", 0, [(TX_BUF, 256), (TX_BUF + 256, 256)])
+    c.tx_data(TX_BUF, 128)
+    c.tx_data(TX_BUF + 128, 128)
+    c.tx_data(TX_BUF + 256, 256)
+    c.record("tx", 0, 256)
+    c.record("tx", 1, 256)
+    c.irq()
+    assert c.check() == {}
+
+
+def test_data_reads_are_not_judged_while_a_descriptor_s_contents_are_unknown():
+    """A descriptor read completed without its bytes kept: the buffers it named are unknown, so no data read can
+    be called a read of no descriptor (the checker does not guess)."""
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    tag = c.read(TX_RING, 16, SemClass.DESC_READ)
+    r = c.complete(tag, bytes(16))
+    r.payload = None
+    c.tx_data(TX_BUF + 4096, 256)
+    assert c.check() == {}
+
+
+def test_enabling_a_queue_does_not_reset_it():
+    """Only a write that clears the enable bit resets the queue; writing it set (again) changes nothing."""
+    c = Conv(header())
+    c.tx_frame(0)
+    c.host_write(QCTRL["tx"], 1)
+    c.tx_frame(0)                       # entry 0 fetched again, without a reset
+    assert c.check().get("nic_desc_doorbell") == 1
+
+
+def test_the_answer_to_a_stray_data_read_is_data_not_descriptors():
+    """A data read of no descriptor is flagged, and its completion (zeros) is data: not parsed as descriptors
+    (which would be invalid ones, error events that a following interrupt could announce)."""
+    c = Conv(header())
+    c.tx_frame(0)
+    c.irq()
+    c.tx_data(TX_BUF + 4096, 64)
+    c.irq()
+    assert c.check() == {"nic_data_desc": 1, "nic_irq_cpl": 1}
