@@ -716,3 +716,81 @@ def test_the_answer_to_a_stray_data_read_is_data_not_descriptors():
     c.tx_data(TX_BUF + 4096, 64)
     c.irq()
     assert c.check() == {"nic_data_desc": 1, "nic_irq_cpl": 1}
+
+
+def test_a_late_completion_frees_exactly_one_tag():
+    """17 tags quarantined, one answered late: 16 remain, the queue is still exhausted and its doorbell is an
+    error (the interrupt after it is legal)."""
+    h = header(tag_width=5)
+    c = Conv(h)
+    c.tx_frame(0)
+    c.irq()
+    tags = [c.read(TX_BUF + 4096 + 64 * k, 64, SemClass.DATA_READ) for k in range(17)]
+    c.t += int(h.cpl_timeout_ns * 1000) + 2_000_000
+    c.irq()
+    c.complete(tags[0], bytes(64), dt=10_000)
+    c.doorbell("tx", 1)
+    c.irq()
+    assert c.check().get("nic_irq_cpl", 0) == 0
+
+
+@pytest.mark.parametrize("q,addr,length,error", [
+    ("tx", TX_BUF, 256, False),
+    ("tx", TX_BUF, 0, True),                 # zero length: DESC_ERR
+    ("tx", TX_BUF + 2, 256, True),           # buffer address not DWORD aligned
+    ("tx", TX_BUF, 16385, True),             # longer than the largest TX frame
+    ("rx", RX_BUF, 16385, False),            # an RX buffer may be that long
+])
+def test_an_invalid_descriptor_is_an_error_event(q, addr, length, error):
+    """The device stops the queue on a descriptor it cannot use and raises an error interrupt: an interrupt right
+    after the fetch is legal exactly then."""
+    c = Conv(header())
+    c.tx_frame(0)
+    c.irq()
+    c.doorbell(q, 2 if q == "tx" else 1)
+    c.fetch(q, 1 if q == "tx" else 0, [(addr, length)])
+    c.irq()
+    assert c.check().get("nic_irq_cpl", 0) == (not error)
+
+
+def test_a_recorded_rx_descriptor_expects_no_more_data():
+    """Record 0 closes descriptor 0 (nothing was written into it): a later write into its buffer is no
+    descriptor's data."""
+    c = Conv(header())
+    c.doorbell("rx", 1)
+    c.fetch("rx", 0, [(RX_BUF, 2048)])
+    c.record("rx", 0, 0)
+    c.rx_data(RX_BUF, 64)
+    assert c.check() == {"nic_data_desc": 1}
+
+
+def test_a_descriptor_completion_that_starts_inside_a_descriptor():
+    """Completions split off RCB boundaries (illegal PCIe, possible in a generated trace): the machine reads the
+    whole descriptors of each part only. Three descriptors in parts of 4 and 44 bytes: entries 1 and 2 are
+    known, entry 0 is not."""
+    c = Conv(header())
+    c.doorbell("tx", 3)
+    descs = [(TX_BUF + k * 2048, 256) for k in range(3)]
+    tag = c.read(TX_RING, 48, SemClass.DESC_READ)
+    data = b"".join(struct.pack("<QIxxxx", a, n) for a, n in descs)
+    for part, bc in ((data[:4], 48), (data[4:], 44)):
+        c._add(50_000, dir=Direction.DOWN, type=TlpType.CplD, length=len(part) // 4, tag=tag, requester_id=DEV,
+               completer_id=HOST, byte_count=bc, lower_address=48 - bc, payload_len=len(part), payload=part,
+               cls=SemClass.COMPLETION)
+    c.tx_data(TX_BUF + 2048, 256)
+    c.tx_data(TX_BUF + 4096, 256)
+    c.record("tx", 0, 256)
+    c.record("tx", 1, 256)
+    c.record("tx", 2, 256)
+    assert c.check() == {"nic_cpl_order": 1}
+    assert [m for _, _, _, m in nic_first(c)] == ["tx completion record for entry 0, which was never fetched"]
+
+
+def test_a_descriptor_completion_with_an_empty_payload_leaves_its_descriptors_unknown():
+    c = Conv(header())
+    c.doorbell("tx", 1)
+    tag = c.read(TX_RING, 16, SemClass.DESC_READ)
+    r = c.complete(tag, bytes(16))
+    r.payload = b""
+    c.tx_data(TX_BUF + 4096, 256)
+    assert c.check() == {}
