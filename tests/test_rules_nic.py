@@ -393,6 +393,10 @@ def test_completion_without_data_ends_the_read():
     r.type, r.length, r.payload, r.payload_len = TlpType.Cpl, 0, None, 0   # an SC Cpl: ends the read, no data
     c.record("tx", 0, 256)
     assert c.check() == {"nic_cpl_data": 1}
+    c.irq()
+    c.t += 100 * US          # the read ended: nothing left to time out, so this interrupt announces nothing
+    c.irq()
+    assert c.check() == {"nic_cpl_data": 1, "nic_irq_cpl": 1}
 
 
 @pytest.mark.parametrize("addr", [0x1000, TX_RING + ENTRIES * 16, TX_BUF + 0x10000, RX_CPL + ENTRIES * 16])
@@ -687,14 +691,19 @@ def test_tx_buffers_back_to_back_a_fully_read_buffer_does_not_claim_the_next():
 
 
 def test_data_reads_are_not_judged_while_a_descriptor_s_contents_are_unknown():
-    """A descriptor read completed without its bytes kept: the buffers it named are unknown, so no data read can
-    be called a read of no descriptor (the checker does not guess)."""
+    """A descriptor read of entries 1..3 completed without its bytes kept: the buffers they name are unknown, so
+    no data read can be called a read of no descriptor (the checker does not guess), and each entry is fetched:
+    its completion record is in order."""
     c = Conv(header())
-    c.doorbell("tx", 1)
-    tag = c.read(TX_RING, 16, SemClass.DESC_READ)
-    r = c.complete(tag, bytes(16))
+    c.tx_frame(0)
+    c.doorbell("tx", 4)
+    tag = c.read(TX_RING + 16, 48, SemClass.DESC_READ)
+    r = c.complete(tag, bytes(48))
     r.payload = None
     c.tx_data(TX_BUF + 4096, 256)
+    for k in (1, 2, 3):
+        c.record("tx", k, 256)
+    c.irq()
     assert c.check() == {}
 
 
@@ -738,7 +747,8 @@ def test_a_late_completion_frees_exactly_one_tag():
     ("tx", TX_BUF, 256, False),
     ("tx", TX_BUF, 0, True),                 # zero length: DESC_ERR
     ("tx", TX_BUF + 2, 256, True),           # buffer address not DWORD aligned
-    ("tx", TX_BUF, 16385, True),             # longer than the largest TX frame
+    ("tx", TX_BUF, 16384, False),            # the largest TX frame
+    ("tx", TX_BUF, 16385, True),             # longer than that
     ("rx", RX_BUF, 16385, False),            # an RX buffer may be that long
 ])
 def test_an_invalid_descriptor_is_an_error_event(q, addr, length, error):
@@ -793,4 +803,37 @@ def test_a_descriptor_completion_with_an_empty_payload_leaves_its_descriptors_un
     r = c.complete(tag, bytes(16))
     r.payload = b""
     c.tx_data(TX_BUF + 4096, 256)
+    assert c.check() == {}
+
+
+def test_the_descriptors_of_a_read_past_the_ring_end_wrap_to_entry_zero():
+    """A read of entries 12..17 of a 16-entry ring is flagged once; its descriptors are taken as the device would
+    number them (12..15, then 0 and 1), so the data and records that follow are in order."""
+    c = Conv(header())
+    for k in range(12):
+        c.tx_frame(k)
+    c.doorbell("tx", 2)
+    descs = [(TX_BUF + k % ENTRIES * 2048, 64) for k in range(12, 18)]
+    c.fetch("tx", 12, descs)
+    for k in range(12, 18):
+        c.tx_data(TX_BUF + k % ENTRIES * 2048, 64)
+        c.record("tx", k % ENTRIES, 64)
+    c.irq()
+    assert c.check() == {"nic_desc_doorbell": 1}
+
+
+def test_an_interrupt_at_the_read_s_deadline_does_not_time_it_out():
+    """The device times a read out only after the timeout: at exactly the deadline the read is still outstanding,
+    and its completion at that time is delivered (the TX record after it is in order)."""
+    h = header(timeout_ns=20_000.0)
+    c = Conv(h)
+    c.doorbell("tx", 1)
+    c.fetch("tx", 0, [(TX_BUF, 256)])
+    tag = c.read(TX_BUF, 256, SemClass.DATA_READ)
+    t_read = c.t
+    c.t = t_read + int(h.cpl_timeout_ns * 1000)
+    c.irq(dt=0)                       # at the deadline: the read is about to time out (legal, overdue)
+    c.complete(tag, bytes(256), dt=0)
+    c.record("tx", 0, 256)
+    c.irq()
     assert c.check() == {}

@@ -89,7 +89,6 @@ class NicChains:
     def __init__(self, header: TraceHeader, memmap: MemoryMap, emit: Callable[[str, int, int, str], None],
                  timeout_ps: int):
         self.emit = emit
-        self.mm = memmap
         self.timeout_ps = timeout_ps
         self.margin_ps = 1_000_000 + timeout_ps // 100   # device timeout runs from issue, the trace from arrival
         self.quar_limit = (1 << header.tag_width) // 2
