@@ -156,6 +156,7 @@ def test_host_setup_shrinks_only_the_named_rings():
     for g, old in zip(out, h.memory_map):
         kind = RegionKind(g["kind"])
         assert g["size"] == (per[kind] * 8 if kind in per else old["size"]), kind
+        assert type(g["size"]) is int, kind          # a region size in the header's JSON is an integer
     assert sum(g["size"] != old["size"] for g, old in zip(out, h.memory_map)) == 3
     assert HostSetup(ring_entries={"rx": have}).memory_map(h.memory_map) == h.memory_map   # the learned size
     with pytest.raises(ValueError, match=f"ring_entries tx: {2 * have} entries is more than the learned ring's "
@@ -164,3 +165,78 @@ def test_host_setup_shrinks_only_the_named_rings():
     no_rx = [g for g in h.memory_map if g["kind"] != "rx_ring"]
     with pytest.raises(ValueError, match="ring_entries rx: the memory map has no rx_ring region"):
         HostSetup(ring_entries={"rx": 8}).memory_map(no_rx)
+
+
+def _cpl_trace(lengths, times, header_kw=None, where=None, payload=None):
+    """Columns of a trace holding only TX completion records of the given frame lengths at the given times (ps);
+    where[i] / payload[i] override a record's address / payload bytes."""
+    import struct
+
+    from phantom.memmap import Region
+    from phantom.trace import Direction, TlpRecord, TlpType, TraceColumns, TraceHeader
+
+    regions = [Region(0x1000_0000, 16 * 16, RegionKind.TX_CPL_RING), Region(0x1001_0000, 16 * 16,
+                                                                           RegionKind.RX_CPL_RING)]
+    h = TraceHeader(scenario="synthetic", memory_map=[r.to_json() for r in regions], **(header_kw or {}))
+    recs = []
+    for i, (n, t) in enumerate(zip(lengths, times)):
+        pl = struct.pack("<IIII", i % 16, n, 0, 1 << 31)
+        if payload and i in payload:
+            pl = payload[i]
+        recs.append(TlpRecord(seq=i, t_ps=t, dir=Direction.UP, type=TlpType.MWr64, length=4,
+                              address=(where or {}).get(i, 0x1000_0000 + 16 * (i % 16)), first_be=0xF, last_be=0xF,
+                              payload_len=16, payload=pl, cls=SemClass.CPL_WRITE))
+    return TraceColumns.from_records(h, recs)
+
+
+def test_measure_caps_mps_and_keeps_the_tag_width():
+    c = measure(_cpl_trace([256], [0], {"mps": 1024, "tag_width": 5}))
+    assert (c.link.mps, c.link.tag_width) == (512, 5)
+
+
+def test_measure_without_completion_records_gives_the_default_knobs():
+    assert measure(_cpl_trace([], [])).knobs == Knobs()
+
+
+@pytest.mark.parametrize("lengths,small,frame", [([128, 129], 0.5, 128.5), ([1, 1], 1.0, 1.0),
+                                                 ([20000, 20000], 0.0, 16384.0), ([2 ** 32 - 16] * 2, 0.0, 16384.0)])
+def test_measure_small_frames_and_the_frame_size_bounds(lengths, small, frame):
+    k = measure(_cpl_trace(lengths, [0, 10 ** 6])).knobs
+    assert (k.small_fraction, k.frame_bytes, k.tx_fraction) == (small, frame, 1.0)
+
+
+@pytest.mark.parametrize("times,load", [([0], 0.0), ([0, 500_000], 4.0), ([0, 2_000_000], 1.0), ([0, 1], 1e4)])
+def test_measure_load_is_frames_per_microsecond_of_the_trace(times, load):
+    """Frames over the trace's span in us (0 for a single record: no span), capped at the knob's range."""
+    assert measure(_cpl_trace([256] * len(times), times)).knobs.load == pytest.approx(load)
+
+
+def test_measure_skips_records_it_cannot_read_and_counts_the_rest():
+    """A record outside both completion rings (one just past the TX ring's end), one whose payload was not kept
+    and one cut to its first 4 bytes are skipped; one cut to exactly 8 bytes still carries its length."""
+    import struct
+
+    lengths = [1000, 1000, 1000, 1000, 64, 64]
+    tc = _cpl_trace(lengths, [0, 1, 2, 3, 4, 5], where={0: 0x2000_0000, 1: 0x1000_0000 + 16 * 16},
+                    payload={3: struct.pack("<I", 3), 4: struct.pack("<II", 4, 128)})
+    tc.payload_present[2] = False
+    k = measure(tc).knobs
+    assert (k.frame_bytes, k.small_fraction) == (96.0, 1.0)
+
+
+def test_measure_a_chunk_of_a_streamed_trace():
+    """A chunk read from an .npz stream carries payload offsets that do not start at 0: it measures as the same
+    records starting at 0 do."""
+    from phantom.trace import TraceColumns
+
+    import struct
+
+    whole = _cpl_trace([64, 256, 1500, 9000, 128, 700], [0, 10, 20, 30, 40, 50], payload={4: struct.pack("<I", 4)})
+    k = 2
+    off = whole.payload_off
+    chunk = TraceColumns(whole.header, {c: v[k:] for c, v in whole.cols.items()},
+                         whole.payload_data[int(off[k]):], off[k:], whole.payload_present[k:])
+    fresh = TraceColumns.from_records(whole.header, list(chunk.records()))
+    assert int(chunk.payload_off[0]) != 0 and int(fresh.payload_off[0]) == 0
+    assert measure(chunk) == measure(fresh)
+    assert measure(chunk).knobs.frame_bytes == pytest.approx((1500 + 9000 + 700) / 3)   # (the record cut short: not)
