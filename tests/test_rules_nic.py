@@ -837,3 +837,12 @@ def test_an_interrupt_at_the_read_s_deadline_does_not_time_it_out():
     c.record("tx", 0, 256)
     c.irq()
     assert c.check() == {}
+
+
+def test_the_phase_bit_flips_on_every_lap_of_the_completion_ring():
+    """Three laps of a 16-entry ring: records carry phase 0, 1, 0 (the device flips it at each wrap)."""
+    c = Conv(header())
+    for k in range(3 * ENTRIES):
+        c.tx_frame(k % ENTRIES)
+    c.irq()
+    assert c.check() == {}
