@@ -494,10 +494,10 @@ def test_a_completion_record_without_its_bytes_still_takes_its_slot(payload):
     assert nic_first(c) == []
 
 
-def _quarantine_old_and_young(c, old, young, old_age_ps, hold_ps):
+def _quarantine_old_and_young(c, old, young, old_age_ps):
     """`old` TX data reads, `young` more 5 us later, all timed out (20 us); then a queue reset when the old ones
-    are old_age_ps old (hold_ps: the header's tag hold), the doorbell, and an interrupt that is legal only if
-    the doorbell met an exhausted queue (5-bit tags: 16 quarantined)."""
+    are old_age_ps old, the doorbell, and an interrupt that is legal only if the doorbell met an exhausted queue
+    (5-bit tags: 16 quarantined)."""
     c.tx_frame(0)
     c.irq()
     t_old = c.t + 10_000
@@ -524,7 +524,7 @@ def _quarantine_old_and_young(c, old, young, old_age_ps, hold_ps):
 def test_a_queue_reset_releases_exactly_the_tags_held_long_enough(old, young, age_us, flagged):
     h = header(tag_width=5, tag_hold_ns=30_000.0)
     c = Conv(h)
-    _quarantine_old_and_young(c, old, young, int(age_us * US), 30 * US)
+    _quarantine_old_and_young(c, old, young, int(age_us * US))
     assert c.check().get("nic_irq_cpl", 0) == flagged
 
 
