@@ -554,22 +554,28 @@ def test_a_data_read_answered_in_parts_ends_with_its_last_part():
     assert c.check() == {"nic_irq_cpl": 1}
 
 
+def _frames_from_a_split_descriptor_read(c, n, stride, piece):
+    """n TX frames whose n descriptors (buffers `stride` apart) come in one read from entry 0, answered in
+    `piece`-byte completions; then each frame's data and record, and an interrupt."""
+    c.doorbell("tx", n)
+    descs = [(TX_BUF + k * stride, 256) for k in range(n)]
+    tag = c.read(TX_RING, 16 * n, SemClass.DESC_READ)
+    _split_completions(c, tag, b"".join(struct.pack("<QIxxxx", a, m) for a, m in descs), piece)
+    for k in range(n):
+        c.tx_data(TX_BUF + k * stride, 256)
+        c.record("tx", k, 256)
+    c.irq()
+
+
 def test_a_descriptor_read_answered_in_parts_delivers_every_descriptor():
     """Eight descriptors in two 64-byte completions (RCB 64): the four of the second part are fetched too."""
     c = Conv(header())
-    c.doorbell("tx", 8)
-    descs = [(TX_BUF + k * 2048, 256) for k in range(8)]
-    tag = c.read(TX_RING, 128, SemClass.DESC_READ)
-    _split_completions(c, tag, b"".join(struct.pack("<QIxxxx", a, n) for a, n in descs), 64)
-    for k in range(8):
-        c.tx_data(TX_BUF + k * 2048, 256)
-        c.record("tx", k, 256)
-    c.irq()
+    _frames_from_a_split_descriptor_read(c, 8, 2048, 64)
     assert c.check() == {}
 
 
 def _one(c, rule):
-    """The single violation of `rule`, and the record it must be at (the last one written)."""
+    """The single NIC violation of `rule`, as nic_first gives it."""
     (v,) = [x for x in nic_first(c) if x[0] == rule]
     return v
 
@@ -854,12 +860,5 @@ def test_a_descriptor_read_over_an_rcb_boundary_needs_both_parts():
     h = header()
     h.rcb = 128
     c = Conv(h)
-    c.doorbell("tx", 9)
-    descs = [(TX_BUF + k * 1024, 256) for k in range(9)]
-    tag = c.read(TX_RING, 144, SemClass.DESC_READ)
-    _split_completions(c, tag, b"".join(struct.pack("<QIxxxx", a, n) for a, n in descs), 128)
-    for k in range(9):
-        c.tx_data(TX_BUF + k * 1024, 256)
-        c.record("tx", k, 256)
-    c.irq()
+    _frames_from_a_split_descriptor_read(c, 9, 1024, 128)
     assert c.check() == {}
