@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "check":
             if args.first < 0:
                 raise ValueError(f"--first must be >= 0, got {args.first}")
-            if args.timeout_ms is not None and not args.timeout_ms > 0:
-                raise ValueError(f"--timeout-ms must be positive, got {args.timeout_ms}")
+            if args.timeout_ms is not None and not 0 < args.timeout_ms <= 1e9:
+                raise ValueError(f"--timeout-ms must be positive and at most 1e9 (11.6 days), got {args.timeout_ms}")
             rep = check_file(args.trace, timeout_ns=None if args.timeout_ms is None else args.timeout_ms * 1e6,
                              first_n=args.first, nic_rules=not args.no_nic, waive=_waivers(args.waive))
             print(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in RULES.values():
                 print(f"{r.id:<18} {r.severity.name.lower():<8} {r.group.value:<11} [{r.spec}] {r.sentence}")
             return 0
-    except (TraceFormatError, FileNotFoundError, IsADirectoryError, ValueError) as e:
+    except (TraceFormatError, OSError, ValueError) as e:  # OSError's message names the path
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 2

@@ -644,10 +644,29 @@ def load_any_columns(path: str | os.PathLike) -> TraceColumns:
         return TraceColumns.from_records(r.header, r)
 
 
+def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "output") -> None:
+    """ValueError (one line) when dst is src, by name or as the same file on disk: writing it would destroy the
+    input while it is read."""
+    a, b = Path(src), Path(dst)
+    same = a.resolve() == b.resolve()
+    if not same and a.exists() and b.exists():
+        same = os.path.samefile(a, b)
+    if same:
+        raise ValueError(f"{dst}: the {what} is the input file {src}; write it elsewhere")
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> int:
-    """Convert between encodings (by suffix); lossless. Returns the record count."""
-    with TraceReader(src) as r:
-        return write_trace(dst, r.header, r)
+    """Convert between encodings (by suffix); lossless. Returns the record count. dst is never src, and a
+    conversion that fails (a bad record half-way) leaves no partial dst behind."""
+    refuse_same_file(src, dst)
+    existed = Path(dst).exists()
+    try:
+        with TraceReader(src) as r:
+            return write_trace(dst, r.header, r)
+    except BaseException:
+        if not existed and Path(dst).is_file():
+            Path(dst).unlink()
+        raise
 
 
 # MAC-side frames (sidecar) ---------------------------------------------------------------------

@@ -341,6 +341,39 @@ def test_bad_conditions_and_names(ckpts, tmp_path, ds):
         get_backbone("gan")
 
 
+def _in_process_error(capsys, *argv) -> str:
+    from phantom.__main__ import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_bad_devices_and_output_paths(ckpts, tmp_path, ds, capsys):
+    ck = ckpts["image"]
+    out = tmp_path / "o.npz"
+    gen = ("generate", "--ckpt", ck, "--tlps", 50, "--quiet")
+    assert "--device must be cpu, cuda or cuda:N, got 'bogus'" in _in_process_error(capsys, *gen, "--out", out,
+                                                                                     "--device", "bogus")
+    assert "--device cuda:7: this machine has" in _in_process_error(capsys, *gen, "--out", out, "--device", "cuda:7")
+    assert "--device must be cpu" in _in_process_error(capsys, "train", "--dataset", ds, "--backbone", "iid",
+                                                       "--out", tmp_path / "t.pt", "--device", "gpu")
+    (tmp_path / "d.npz").mkdir()
+    assert f"{tmp_path / 'd.npz'}: is a directory" in _in_process_error(capsys, *gen, "--out", tmp_path / "d.npz")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["d.npz"]   # nothing left behind
+    assert "/proc/x.npz: cannot be written" in _in_process_error(capsys, *gen, "--out", "/proc/x.npz")
+    before = Path(ck).read_bytes()
+    assert "the exported checkpoint is the input file" in _in_process_error(capsys, "export", "--ckpt", ck,
+                                                                            "--out", ck)
+    assert Path(ck).read_bytes() == before
+    assert "is a directory, not a checkpoint file" in _in_process_error(capsys, "export", "--ckpt", ck,
+                                                                        "--out", tmp_path / "d.npz")
+    assert "/proc/e.pt" in _in_process_error(capsys, "export", "--ckpt", ck, "--out", "/proc/e.pt")
+    assert "FeatureConfig.steps" in _in_process_error(capsys, "features", "--dataset", ds, "--out",
+                                                      tmp_path / "f.pt", "--steps", 0)
+
+
 def test_traces_of_other_schema_versions(tmp_path):
     import gzip
 

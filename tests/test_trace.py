@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,44 @@ def test_the_same_records_give_the_same_bytes_whenever_written(tmp_path, monkeyp
 
     first = write(tmp_path / "a", 1_000_000_000.0)
     assert write(tmp_path / "b", 1_700_000_000.0) == first
+
+
+# the command line's bad paths (python -m phantom, in-process) ------------------------------------------------------
+def _phantom_error(argv, capsys) -> str:
+    from phantom.__main__ import main
+
+    assert main([str(a) for a in argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+FIXTURE = Path(__file__).resolve().parent.parent / "data" / "phantom" / "fixtures" / "mixed__base__s1.jsonl.gz"
+
+
+def test_convert_never_overwrites_its_input_and_leaves_no_partial_output(tmp_path, capsys):
+    src = tmp_path / "a.jsonl"
+    convert(FIXTURE, src)
+    before = src.read_bytes()
+    for same in (src, tmp_path / "." / "a.jsonl"):
+        assert "the output is the input file" in _phantom_error(["convert", src, same], capsys)
+    link = tmp_path / "b.jsonl"
+    link.symlink_to(src)
+    assert "the output is the input file" in _phantom_error(["convert", src, link], capsys)
+    assert src.read_bytes() == before
+    lines = before.decode().splitlines()
+    bad = json.loads(lines[5])
+    bad["length"] = "x"
+    (tmp_path / "bad.jsonl").write_text("\n".join(lines[:5] + [json.dumps(bad)] + lines[6:]) + "\n")
+    for out in ("out.jsonl.gz", "out.npz"):
+        assert "field 'length'" in _phantom_error(["convert", tmp_path / "bad.jsonl", tmp_path / out], capsys)
+        assert not (tmp_path / out).exists()
+
+
+def test_check_and_stats_refuse_unusable_options(tmp_path, capsys):
+    for v in ("inf", "1e300", "nan", "0"):
+        assert "--timeout-ms must be positive and at most 1e9" in _phantom_error(["check", FIXTURE, "--timeout-ms", v],
+                                                                                 capsys)
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert f"File exists: '{f}'" in _phantom_error(["stats", FIXTURE, "--plot", f], capsys).replace("\n", "")

@@ -100,8 +100,8 @@ def run(args) -> int:
 
     try:
         return _run(args)
-    except (TraceFormatError, FileNotFoundError, IsADirectoryError, ValueError, CheckpointError, DatasetError,
-            EncodingError) as e:
+    except (TraceFormatError, OSError, ValueError, CheckpointError, DatasetError, EncodingError) as e:
+        # (OSError: an unwritable or unreadable path; its message names the path)
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -179,7 +179,7 @@ def _run(args) -> int:
     if args.cmd == "features":
         from phantom.gen.features import FeatureConfig, train_extractor
 
-        cfg = FeatureConfig(seed=args.seed, **({"steps": args.steps} if args.steps else {}))
+        cfg = FeatureConfig(seed=args.seed, **({"steps": args.steps} if args.steps is not None else {}))
         cmd = "python -m phantom " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         ck = train_extractor(args.dataset, args.out, cfg, progress=not args.quiet, command=cmd)
         print(f"{args.out}: held-out accuracy {ck['training']['heldout_accuracy']}")

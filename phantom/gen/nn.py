@@ -5,6 +5,7 @@ fields of up to 4097 values)."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import torch
@@ -90,8 +91,16 @@ def to_tokens(v: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
 
 
 def pick_device(device: str | None) -> str:
-    """``cuda`` when a GPU is present and nothing else was asked for, else ``cpu``."""
+    """``cuda`` when a GPU is present and nothing else was asked for, else ``cpu``. A device that is not
+    ``cpu``, ``cuda`` or ``cuda:N``, or a CUDA device this machine does not have: ValueError, one line."""
     if device:
+        m = re.fullmatch(r"cpu|cuda(?::(\d+))?", device)
+        if m is None:
+            raise ValueError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+        if device != "cpu":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if int(m.group(1) or 0) >= n:
+                raise ValueError(f"--device {device}: this machine has {n} CUDA device(s)")
         return device
     return "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -158,6 +158,8 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
     out = Path(out)
     if not (out.name.endswith(".jsonl.gz") or out.name.endswith(".jsonl") or out.suffix == ".npz"):
         raise ValueError(f"{out}: the output must end in .jsonl.gz, .jsonl or .npz")
+    if out.is_dir():
+        raise IsADirectoryError(f"{out}: is a directory, not a trace file")
     impl, model, enc, space = build_model(ck)
     header = header_for(ck, cond, impl.name.value)
     if host is not None:
@@ -182,7 +184,10 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
         header.extra["generated"]["calibrated"] = True
     else:
         header.extra["generated"]["calibrated"] = False
-    w = _Out(out, header)
+    try:
+        w = _Out(out, header)
+    except OSError as e:   # the writers' temporary files would name another path than the user's
+        raise OSError(f"{out}: cannot be written ({e.strerror or e})") from None
     if cfg.calibrate:
         mac = MacWriter(mac_sidecar_path(out), trace_name=out.name)
         cal = Calibrator(header, Priors.from_json(ck["priors"]), sink=w.write, mac_sink=mac.write, seed=cfg.seed,

@@ -83,15 +83,25 @@ def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> None:
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a checkpoint file")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:   # an unwritable place fails here, as an OSError naming the path
+            torch.save(ckpt, f)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def export_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, command: str = "") -> dict[str, Any]:
     """An inference-only copy of a checkpoint (no optimizer or RNG state: a third of the size), for shipping in
-    the repository (``data/phantom/regress.pt``); ``command`` records how it was trained."""
+    the repository (``data/phantom/regress.pt``); ``command`` records how it was trained. dst is never src."""
+    from phantom.trace import refuse_same_file
+
+    refuse_same_file(src, dst, "exported checkpoint")
     ck = dict(load_checkpoint(src))
     for k in ("optimizer", "rng"):
         ck.pop(k, None)
