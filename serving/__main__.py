@@ -15,6 +15,7 @@ from serving.bench import ABLATIONS, format_table, plot, run_bench, to_json
 from serving.engine.behaviour import EngineName, get_engine
 from serving.engine.profiles import ProfileName, get_profile
 from serving.policies import PolicyName
+from serving.policies.rpm import DEFAULT_RPM
 from serving.predictors import MoPE, SingleModel, online_l1
 from serving.request import RequestError, check_weights
 from serving.workloads import ARTIFACT_SUITES, NAMED, SUITES, load_workload
@@ -44,9 +45,11 @@ def _names(opt: str, text: str, known: list[str]) -> list[str]:
     items = [p.strip() for p in text.split(",")]
     if not text.strip() or any(not p for p in items):
         raise CLIError(f"{opt}: expected a comma list of names, got {text!r} (known: {', '.join(known)})")
-    for p in items:
+    for i, p in enumerate(items):
         if p not in known:
             raise CLIError(f"{opt}: unknown name {p!r} (known: {', '.join(known)})")
+        if p in items[:i]:
+            raise CLIError(f"{opt}: {p!r} is given twice")
     return items
 
 
@@ -71,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--rate", type=float, default=None, help="ShareGPT workloads: requests per second (3)")
     b.add_argument("--max-new-tokens", type=int, default=None,
                    help="lmsys/sharegpt: every request asks for up to this many tokens (default: its true length)")
-    b.add_argument("--rpm-limit", type=int, default=20, help="rpm policy: requests per minute per client")
+    b.add_argument("--rpm-limit", type=int, default=None,
+                   help=f"rpm policy: requests per minute per client (default {DEFAULT_RPM})")
     b.add_argument("--window", type=float, default=10.0, help="seconds per window of the windowed Jain indices")
     b.add_argument("--weights", default="", help="client weights, e.g. client0=1,client1=2")
     b.add_argument("--seed", type=int, default=1)
@@ -93,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         policies = _names("--policies", args.policies, known)
         tables = _names("--tables", args.tables, ["system", "policy"])
         ablate = _names("--ablate", args.ablate, list(ABLATIONS)) if args.ablate.strip() else []
+        if ablate and "system" not in tables:
+            raise CLIError("--ablate changes the system table's Equinox: it needs --tables system or both")
+        if args.rpm_limit is not None and "rpm" not in policies:
+            raise CLIError("--rpm-limit applies to the rpm policy, which --policies does not list")
         try:
             engine = get_engine(args.engine)
         except ValueError as e:
@@ -116,10 +124,16 @@ def main(argv: list[str] | None = None) -> int:
             weights = {}
             for item in args.weights.split(","):
                 name, _, val = item.partition("=")
+                name = name.strip()
                 try:
-                    weights[name.strip()] = float(val)
+                    if not name:
+                        raise ValueError
+                    w = float(val)
                 except ValueError:
                     raise CLIError(f"--weights: {item!r} is not client=number") from None
+                if name in weights:
+                    raise CLIError(f"--weights: client {name!r} is given twice")
+                weights[name] = w
             check_weights(wl.requests, weights)
         if args.rate_scale != 1.0:
             for r in wl.requests:
@@ -127,7 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         profile = args.profile or DEFAULT_PROFILE.get(base, A10G if base in SUITES or base.startswith("artifact-")
                                                       else A100)
         get_profile(profile)
-        pkw = {"rpm": {"limit": args.rpm_limit}}
+        out = Path(args.out)
+        if not args.out.strip():
+            raise CLIError("--out: expected a folder, got ''")
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"--out {args.out}: cannot be a folder here ({e.strerror or e})") from None
+        pkw = {"rpm": {"limit": DEFAULT_RPM if args.rpm_limit is None else args.rpm_limit}}
         results = {}
         if "system" in tables:
             results["system"] = run_bench(wl, policies, profile, ablate, progress=not args.no_progress,
@@ -141,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     title = f"{wl.name} x{args.rate_scale:g} on {profile}"
     print(f"{title}: {len(wl.requests)} requests, {len(wl.clients)} clients, Jain windows of {args.window:g} s")
-    out = Path(args.out)
     files = []
     for kind, res in results.items():
         what = "each policy on its own engine" if kind == "system" else f"every policy on the {engine.name} engine"

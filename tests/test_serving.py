@@ -884,6 +884,30 @@ def test_bench_cli_refuses_bad_input(tmp_path, capsys):
         assert msg in _cli_error(["bench", "--workload", str(p), *o], capsys)
 
 
+def test_bench_cli_refuses_duplicates_ignored_options_and_unwritable_folders(tmp_path, capsys):
+    from serving.__main__ import main
+
+    trace = tmp_path / "ok.jsonl"
+    trace.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 0, "client": "b", "in": 5, "out": 7}\n')
+    o = ["--out", str(tmp_path / "o")]
+    w = ["bench", "--workload", str(trace)]
+    assert "--policies: 'vtc' is given twice" in _cli_error([*w, "--policies", "fcfs,vtc,vtc", *o], capsys)
+    assert "--ablate: 'adaptive' is given twice" in _cli_error([*w, "--ablate", "adaptive,adaptive", *o], capsys)
+    assert "--weights: client 'a' is given twice" in _cli_error([*w, "--weights", "a=1,b=1,a=2", *o], capsys)
+    assert "--weights: '=1' is not client=number" in _cli_error([*w, "--weights", "=1", *o], capsys)
+    assert "--rpm-limit applies to the rpm policy" in _cli_error([*w, "--policies", "vtc", "--rpm-limit", "50", *o],
+                                                                 capsys)
+    assert "--ablate changes the system table" in _cli_error([*w, "--ablate", "adaptive", "--tables", "policy", *o],
+                                                              capsys)
+    f = tmp_path / "afile"
+    f.write_text("x")
+    assert f"--out {f}: cannot be a folder here" in _cli_error([*w, "--out", str(f)], capsys)
+    assert "--out: expected a folder, got ''" in _cli_error([*w, "--out", ""], capsys)
+    assert not (tmp_path / "o").exists()    # refused before anything was written
+    # the same options, well formed, run
+    assert main([*w, "--policies", "vtc,rpm", "--rpm-limit", "50", "--weights", "a=1,b=2", "--no-progress", *o]) == 0
+
+
 def test_gzip_traces_and_max_new_tokens(tmp_path):
     import gzip
     p = tmp_path / "t.jsonl.gz"
