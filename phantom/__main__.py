@@ -18,6 +18,8 @@ def _waivers(items: list[str]) -> dict[str, str]:
         rule, sep, why = item.partition("=")
         if not sep or not why.strip():
             raise ValueError(f"--waive {item!r}: give the rule and the reason, --waive RULE=REASON")
+        if rule.strip() in out:
+            raise ValueError(f"--waive {rule.strip()}: given twice (one reason per rule)")
         out[rule.strip()] = why.strip()
     return out
 

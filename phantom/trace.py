@@ -658,6 +658,9 @@ def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike, what: str =
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Convert between encodings (by suffix); lossless. Returns the record count. dst is never src, and a
     conversion that fails (a bad record half-way) leaves no partial dst behind."""
+    name = Path(dst).name
+    if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz") or name.endswith(".npz")):
+        raise ValueError(f"{dst}: the output must end in .jsonl, .jsonl.gz or .npz")
     refuse_same_file(src, dst)
     existed = Path(dst).exists()
     try:

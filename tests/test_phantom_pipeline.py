@@ -374,6 +374,25 @@ def test_bad_devices_and_output_paths(ckpts, tmp_path, ds, capsys):
                                                       tmp_path / "f.pt", "--steps", 0)
 
 
+def test_the_same_trace_twice_and_malformed_sets_refused(tmp_path, capsys):
+    one = FIX / "mixed__base__s1.jsonl.gz"
+    assert "trace given twice" in _in_process_error(capsys, "dataset", FIX, FIX, "--out", tmp_path / "d")
+    assert f"{one}: trace given twice" in _in_process_error(capsys, "dataset", FIX, one, "--out", tmp_path / "d")
+    assert "train_seeds: 1 is given twice" in _in_process_error(capsys, "dataset", FIX, "--train-seeds", "1,1",
+                                                               "--out", tmp_path / "d")
+    assert "heldout_scenarios: 'numa' is given twice" in _in_process_error(capsys, "dataset", FIX, "--heldout",
+                                                                          "numa,numa", "--out", tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+    ev = ("evaluate", "--real", one)
+    assert "trace given twice" in _in_process_error(capsys, *ev, "--gen", f"g={one},{one}")
+    assert "trace given twice" in _in_process_error(capsys, "evaluate", "--real", one, one, "--gen", one)
+    for bad in ("=" + str(one), "g=", f"{one},"):
+        assert "expected NAME=TRACE" in _in_process_error(capsys, *ev, "--gen", bad)
+    assert "the set name 'g' is already used" in _in_process_error(capsys, *ev, "--gen", f"g={one}", f"g={one}")
+    assert "the set name 'real' is already used" in _in_process_error(capsys, *ev, "--gen", f"real={one}")
+    assert "--json: expected a file name" in _in_process_error(capsys, *ev, "--gen", one, "--json", "")
+
+
 def test_traces_of_other_schema_versions(tmp_path):
     import gzip
 

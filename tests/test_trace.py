@@ -252,3 +252,11 @@ def test_check_and_stats_refuse_unusable_options(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("x")
     assert f"File exists: '{f}'" in _phantom_error(["stats", FIXTURE, "--plot", f], capsys).replace("\n", "")
+
+
+def test_duplicate_waivers_and_unknown_output_suffixes_refused(tmp_path, capsys):
+    assert "--waive tag_dup: given twice" in _phantom_error(["check", FIXTURE, "--waive", "tag_dup=a", "--waive",
+                                                             "tag_dup=b"], capsys)
+    assert "out.csv: the output must end in .jsonl, .jsonl.gz or .npz" in _phantom_error(
+        ["convert", FIXTURE, tmp_path / "out.csv"], capsys)
+    assert not (tmp_path / "out.csv").exists()

@@ -154,13 +154,20 @@ def _run(args) -> int:
         from phantom.gen.evaluate import evaluate_sets, format_table, load_set, plot
         from phantom.gen.features import DEFAULT_PATH, Extractor
 
+        if args.json is not None and not args.json.strip():
+            raise ValueError("--json: expected a file name, got ''")
         real = load_set("real", args.real)
         gens = []
         for item in args.gen:
             name, sep, paths = item.partition("=")
             if not sep:
                 name, paths = Path(item.split(",")[0]).name.split(".")[0], item
-            gens.append(load_set(name, [p for p in paths.split(",") if p]))
+            parts = [p.strip() for p in paths.split(",")]
+            if not name.strip() or not paths.strip() or any(not p for p in parts):
+                raise ValueError(f"--gen {item!r}: expected NAME=TRACE[,TRACE...] or TRACE[,TRACE...]")
+            if name in {"real"} | {g.name for g in gens}:
+                raise ValueError(f"--gen {item!r}: the set name {name!r} is already used")
+            gens.append(load_set(name, parts))
         ex = Extractor(args.features or DEFAULT_PATH)
         res = evaluate_sets(real, gens, ex)
         print(format_table(res))

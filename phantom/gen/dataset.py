@@ -53,6 +53,10 @@ class DatasetConfig:
         for s in self.train_seeds:
             if not isinstance(s, int) or isinstance(s, bool):
                 raise ValueError(f"DatasetConfig.train_seeds: seeds are integers, got {s!r}")
+        for name, v in (("train_seeds", self.train_seeds), ("heldout_scenarios", self.heldout_scenarios)):
+            dup = sorted({x for x in v if list(v).count(x) > 1}, key=str)
+            if dup:
+                raise ValueError(f"DatasetConfig.{name}: {dup[0]!r} is given twice")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -77,7 +81,14 @@ def trace_files(items: list[str | os.PathLike]) -> list[Path]:
         else:
             raise FileNotFoundError(f"{p}: no such trace file or folder")
     if not out:
-        raise ValueError(f"no trace files in {', '.join(str(i) for i in items)}")
+        raise ValueError(f"no trace files in {', '.join(repr(str(i)) for i in items)}")
+    seen: dict[Path, Path] = {}
+    for p in out:   # the same trace twice would count its records twice
+        r = p.resolve()
+        if r in seen:
+            also = f" (also as {seen[r]})" if str(seen[r]) != str(p) else ""
+            raise ValueError(f"{p}: trace given twice{also}")
+        seen[r] = p
     return out
 
 
