@@ -18,7 +18,7 @@ from serving.policies import PolicyName
 from serving.policies.rpm import DEFAULT_RPM
 from serving.predictors import MoPE, SingleModel, online_l1
 from serving.request import RequestError, check_weights
-from serving.workloads import ARTIFACT_SUITES, NAMED, SUITES, load_workload
+from serving.workloads import ARTIFACT_SUITES, MAX_ARRIVAL_S, NAMED, SUITES, load_workload
 
 # the documented configurations (docs/equinox.md, docs/benchmarks.md): what each workload runs with by default
 A10G, A100 = ProfileName.A10G_LLAMA_7B.value, ProfileName.A100_LLAMA2_7B.value
@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             raise CLIError(f"--requests/--rate apply to {', '.join(SIZED)} only, not {base!r}")
         if args.max_new_tokens and base not in ("lmsys", "sharegpt"):
             raise CLIError(f"--max-new-tokens applies to lmsys and sharegpt only, not {base!r}")
+        if not base.strip():
+            raise CLIError("--workload: expected a workload name or a trace file, got ''")
         if Path(base).is_dir():
             raise CLIError(f"--workload {base}: is a directory, not a trace file")
         kw = {}
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.rate_scale != 1.0:
             for r in wl.requests:
                 r.arrival /= args.rate_scale
+            last = max((r.arrival for r in wl.requests), default=0.0)
+            if last > MAX_ARRIVAL_S:
+                raise CLIError(f"--rate-scale {args.rate_scale:g} puts the last arrival at {last:.3g} s, beyond "
+                               f"{MAX_ARRIVAL_S:g} s")
         profile = args.profile or DEFAULT_PROFILE.get(base, A10G if base in SUITES or base.startswith("artifact-")
                                                       else A100)
         get_profile(profile)

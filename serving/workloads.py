@@ -60,7 +60,11 @@ class Workload:
         return sorted({r.client for r in self.requests})
 
 
+# the latest arrival a trace may ask for (115 days): beyond it a time is a unit mistake, not a workload
+MAX_ARRIVAL_S = 1e7
+
 # pragma: no mutate start  (mutation testing covers the trace-file validation below, not the generators)
+
 def _arrivals(rate_fn, duration: float, kind: str, rng: np.random.Generator) -> list[float]:
     """Arrival times for a (possibly time-varying) rate: fixed gaps or Poisson (thinning)."""
     out: list[float] = []
@@ -396,6 +400,8 @@ def load_trace_file(path: str | Path) -> Workload:
         t = _num_field(where, "t", r["t"])
         if t < 0:
             raise RequestError(f"{where}: field 't' must be a time >= 0, got {r['t']!r}")
+        if t > MAX_ARRIVAL_S:
+            raise RequestError(f"{where}: field 't' must be at most {MAX_ARRIVAL_S:g} s (115 days), got {r['t']!r}")
         p, o = _int_field(where, "in", r["in"]), _int_field(where, "out", r["out"])
         client = str(r["client"])
         w = r.get("weight")

@@ -903,6 +903,16 @@ def test_bench_cli_refuses_duplicates_ignored_options_and_unwritable_folders(tmp
     f.write_text("x")
     assert f"--out {f}: cannot be a folder here" in _cli_error([*w, "--out", str(f)], capsys)
     assert "--out: expected a folder, got ''" in _cli_error([*w, "--out", ""], capsys)
+    assert "--workload: expected a workload name or a trace file, got ''" in _cli_error(["bench", "--workload", "", *o],
+                                                                                        capsys)
+    late = tmp_path / "late.jsonl"
+    late.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 2, "client": "b", "in": 5, "out": 7}\n')
+    assert "--rate-scale 1e-300 puts the last arrival at 2e+300 s, beyond 1e+07 s" in _cli_error(
+        ["bench", "--workload", str(late), "--rate-scale", "1e-300", *o], capsys)
+    far = tmp_path / "far.jsonl"
+    far.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 1e300, "client": "a", "in": 5, "out": 7}\n')
+    assert f"{far}:2: field 't' must be at most 1e+07 s (115 days)" in _cli_error(["bench", "--workload", str(far), *o],
+                                                                             capsys)
     assert not (tmp_path / "o").exists()    # refused before anything was written
     # the same options, well formed, run
     assert main([*w, "--policies", "vtc,rpm", "--rpm-limit", "50", "--weights", "a=1,b=2", "--no-progress", *o]) == 0

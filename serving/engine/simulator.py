@@ -63,7 +63,9 @@ class Simulator:
         self._log_pos = 0
         # one sample a sample_dt from the first to past the last arrival, and room for a 25 % longer drain
         span = self.reqs[-1].arrival if self.reqs else 0.0
-        self._table = _Table(len(self.clients), int(span / sample_dt * 1.25) + 64 if sample_dt > 0 else 1024)
+        # (rows for the expected samples, at most 2^16 up front: the table grows when a run outlasts it)
+        rows = int(min(span / sample_dt * 1.25, 1 << 16)) + 64 if sample_dt > 0 else 1024
+        self._table = _Table(len(self.clients), rows)
         self.sample_dt = sample_dt
         self._scan = (0, -1)   # (where the last arrival scan stopped, the policy's backlog log length then)
         self.w_p, self.w_q = w_p, w_q
