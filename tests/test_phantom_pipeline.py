@@ -372,6 +372,10 @@ def test_bad_devices_and_output_paths(ckpts, tmp_path, ds, capsys):
     assert "/proc/e.pt" in _in_process_error(capsys, "export", "--ckpt", ck, "--out", "/proc/e.pt")
     assert "FeatureConfig.steps" in _in_process_error(capsys, "features", "--dataset", ds, "--out",
                                                       tmp_path / "f.pt", "--steps", 0)
+    tr = ("train", "--dataset", ds, "--backbone", "image", "--out", tmp_path / "t.pt", "--quiet")
+    assert "--set width: not a model argument of the image backbone" in _in_process_error(capsys, *tr, "--set",
+                                                                                          "width=3")
+    assert "TrainConfig.threads must be >= 0, got -2" in _in_process_error(capsys, *tr, "--threads", -2)
 
 
 def test_the_same_trace_twice_and_malformed_sets_refused(tmp_path, capsys):

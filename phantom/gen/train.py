@@ -66,8 +66,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.drop_scenario must be in [0, 1], got {self.drop_scenario!r}")
         if not 0.0 <= self.min_lr <= 1.0:
             raise ValueError(f"TrainConfig.min_lr must be in [0, 1], got {self.min_lr!r}")
-        if self.warmup < 0 or self.threads < 0:
-            raise ValueError("TrainConfig.warmup and threads must be >= 0")
+        for k in ("warmup", "threads"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"TrainConfig.{k} must be >= 0, got {getattr(self, k)!r}")
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -228,6 +229,10 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, 
                                   f"{dataset} is {ds.fingerprint}")
         model_args = ck0["model_args"]
     try:
+        known = [f.name for f in dataclasses.fields(impl.Config)]
+        for k in model_args or {}:
+            if k not in known:
+                raise ValueError(f"--set {k}: not a model argument of the {impl.name.value} backbone (known: {', '.join(known)})")
         mcfg = impl.Config(**(model_args or {}))
     except TypeError as e:
         raise ValueError(f"{cfg.backbone} model arguments: {e}") from None
