@@ -75,7 +75,11 @@ def test_dataset_fingerprint_follows_the_data(ds, tmp_path):
     sub.mkdir()
     for f in FIX.glob("mixed__base__s*"):
         shutil.copy(f, sub)
-    assert build([sub], tmp_path / "fewer", progress=False)["fingerprint"] != Dataset.load(ds).fingerprint
+    with pytest.raises(ValueError, match="held-out scenario 'numa' is in none of the traces"):
+        build([sub], tmp_path / "fewer", progress=False)
+    assert not (tmp_path / "fewer").exists()
+    fewer = build([sub], tmp_path / "fewer", DatasetConfig(heldout_scenarios=()), progress=False)
+    assert fewer["fingerprint"] != Dataset.load(ds).fingerprint
 
 
 # every backbone: trained, generating legal and replayable traces ----------------------------------------------------

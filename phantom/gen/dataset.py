@@ -120,6 +120,11 @@ def build(items: list[str | os.PathLike], out: str | os.PathLike, config: Datase
         seed = _seed_of(tc)
         info.append({"file": str(f), "name": f.name.split(".")[0], "seed": seed, "condition": c.to_json(),
                      "link": (tc.header.mps, tc.header.mrrs, tc.header.rcb)})
+    present = {d["condition"]["scenario"] for d in info}
+    for s in config.heldout_scenarios:
+        if s not in present:
+            raise ValueError(f"held-out scenario {s!r} is in none of the traces (scenarios: "
+                             f"{', '.join(sorted(present))}); hold out one of them, or none with --heldout ''")
     train_links = set()
     for d in info:
         sc = d["condition"]["scenario"]
