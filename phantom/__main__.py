@@ -9,7 +9,7 @@ import sys
 
 from phantom.rules import RULES, check_file
 from phantom.stats import format_compare, format_summary, plot, summarize
-from phantom.trace import TraceFormatError, convert, load_any_columns
+from phantom.trace import TraceFormatError, check_output_folder, convert, load_any_columns
 
 
 def _waivers(items: list[str]) -> dict[str, str]:
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rep.to_json(), indent=1) if args.json else rep.format())
             return 0 if rep.ok else 1
         if args.cmd == "stats":
+            if args.plot is not None:
+                check_output_folder("--plot", args.plot)
             cols = load_any_columns(args.trace)
             summ = summarize(cols)
             if args.compare:

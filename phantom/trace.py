@@ -644,6 +644,25 @@ def load_any_columns(path: str | os.PathLike) -> TraceColumns:
         return TraceColumns.from_records(r.header, r)
 
 
+def check_output_folder(opt: str, folder: str | os.PathLike) -> None:
+    """ValueError (one line, naming the option) when ``folder`` cannot be a folder to write into: checked before
+    the work whose results go there, so that a long run does not end in an error."""
+    p = Path(folder)
+    if not str(folder).strip():
+        raise ValueError(f"{opt}: expected a folder, got ''")
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{opt} {folder}: is a file, not a folder")
+
+
+def check_output_file(opt: str, path: str | os.PathLike) -> None:
+    """ValueError (one line, naming the option) when ``path`` is a folder or its folder does not exist."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{opt} {path}: is a folder, not a file")
+    if not p.parent.is_dir():
+        raise ValueError(f"{opt} {path}: its folder {p.parent} does not exist")
+
+
 def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "output") -> None:
     """ValueError (one line) when dst is src, by name or as the same file on disk: writing it would destroy the
     input while it is read."""

@@ -399,6 +399,10 @@ def test_the_same_trace_twice_and_malformed_sets_refused(tmp_path, capsys):
     assert "the set name 'g' is already used" in _in_process_error(capsys, *ev, "--gen", f"g={one}", f"g={one}")
     assert "the set name 'real' is already used" in _in_process_error(capsys, *ev, "--gen", f"real={one}")
     assert "--json: expected a file name" in _in_process_error(capsys, *ev, "--gen", one, "--json", "")
+    assert f"--json {tmp_path}: is a folder" in _in_process_error(capsys, *ev, "--gen", one, "--json", tmp_path)
+    assert "its folder" in _in_process_error(capsys, *ev, "--gen", one, "--json", tmp_path / "no" / "x.json")
+    (tmp_path / "f").write_text("x")
+    assert "--plots" in _in_process_error(capsys, *ev, "--gen", one, "--plots", tmp_path / "f")
 
 
 def test_traces_of_other_schema_versions(tmp_path):

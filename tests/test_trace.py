@@ -251,7 +251,11 @@ def test_check_and_stats_refuse_unusable_options(tmp_path, capsys):
                                                                                  capsys)
     f = tmp_path / "afile"
     f.write_text("x")
-    assert f"File exists: '{f}'" in _phantom_error(["stats", FIXTURE, "--plot", f], capsys).replace("\n", "")
+    from phantom.__main__ import main
+
+    assert main(["stats", str(FIXTURE), "--plot", str(f)]) == 2
+    got = capsys.readouterr()
+    assert got.err.strip() == f"error: --plot {f}: is a file, not a folder" and got.out == ""   # before the report
 
 
 def test_duplicate_waivers_and_unknown_output_suffixes_refused(tmp_path, capsys):

@@ -154,8 +154,14 @@ def _run(args) -> int:
         from phantom.gen.evaluate import evaluate_sets, format_table, load_set, plot
         from phantom.gen.features import DEFAULT_PATH, Extractor
 
-        if args.json is not None and not args.json.strip():
-            raise ValueError("--json: expected a file name, got ''")
+        from phantom.trace import check_output_file, check_output_folder
+
+        if args.json is not None:
+            if not args.json.strip():
+                raise ValueError("--json: expected a file name, got ''")
+            check_output_file("--json", args.json)
+        if args.plots is not None:
+            check_output_folder("--plots", args.plots)
         real = load_set("real", args.real)
         gens = []
         for item in args.gen:
