@@ -153,7 +153,6 @@ def _run(args) -> int:
     if args.cmd == "evaluate":
         from phantom.gen.evaluate import evaluate_sets, format_table, load_set, plot
         from phantom.gen.features import DEFAULT_PATH, Extractor
-
         from phantom.trace import check_output_file, check_output_folder
 
         if args.json is not None:

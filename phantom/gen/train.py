@@ -232,7 +232,8 @@ def train(dataset: str | os.PathLike, out: str | os.PathLike, cfg: TrainConfig, 
         known = [f.name for f in dataclasses.fields(impl.Config)]
         for k in model_args or {}:
             if k not in known:
-                raise ValueError(f"--set {k}: not a model argument of the {impl.name.value} backbone (known: {', '.join(known)})")
+                raise ValueError(f"--set {k}: not a model argument of the {impl.name.value} backbone "
+                                 f"(known: {', '.join(known)})")
         mcfg = impl.Config(**(model_args or {}))
     except TypeError as e:
         raise ValueError(f"{cfg.backbone} model arguments: {e}") from None
