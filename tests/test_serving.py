@@ -967,3 +967,12 @@ def test_sample_rows_hold_the_backlog_and_service_as_of_their_time():
         assert res.samples_active[i].tolist() == [state[c] or c in running for c in clients], i
         assert res.samples_gpu[i] == pytest.approx(np.array([gpu.get(c, 0.0) for c in clients]), rel=1e-9, abs=1e-12)
     assert any(seen[i][0] - seen[i - 1][0] == 1 for i in range(1, len(seen)))  # rows one transition apart
+
+
+def test_trace_arrivals_up_to_the_horizon_are_read_and_later_ones_refused(tmp_path):
+    ok, late = tmp_path / "ok.jsonl", tmp_path / "late.jsonl"
+    ok.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 10000000, "client": "a", "in": 5, "out": 7}\n')
+    late.write_text('{"t": 0, "client": "a", "in": 5, "out": 7}\n{"t": 10000000.5, "client": "a", "in": 5, "out": 7}\n')
+    assert [r.arrival for r in load_trace_file(ok).requests] == [0.0, 1e7]
+    with pytest.raises(RequestError, match=r"late.jsonl:2: field 't' must be at most 1e\+07 s"):
+        load_trace_file(late)
