@@ -976,3 +976,25 @@ def test_trace_arrivals_up_to_the_horizon_are_read_and_later_ones_refused(tmp_pa
     assert [r.arrival for r in load_trace_file(ok).requests] == [0.0, 1e7]
     with pytest.raises(RequestError, match=r"late.jsonl:2: field 't' must be at most 1e\+07 s"):
         load_trace_file(late)
+
+
+@pytest.mark.parametrize("name,kw,size", [("sharegpt", {"n": 50, "rate": 3.0}, "n"),
+                                          ("shape-skew", {"duration": 20.0}, "duration"),
+                                          ("shape-skew-gpu", {"duration": 20.0}, "duration"),
+                                          ("sharegpt-shape", {"n": 40, "rate": 5.0}, "n"),
+                                          ("poisson_short_long", {"duration": 20.0}, "duration")])
+def test_load_workload_passes_the_seed_and_the_size_to_each_named_workload(name, kw, size):
+    a, b, c = (load_workload(name, seed=s, **kw) for s in (1, 1, 2))
+    assert a.name == name
+    arr = [[r.arrival for r in w.requests] for w in (a, b, c)]
+    assert arr[0] == arr[1] and arr[0] != arr[2]          # the seed reaches the generator
+    if size == "n":
+        assert len(a.requests) == kw["n"]
+    else:
+        assert max(arr[0]) < kw["duration"] and len(a.requests) < len(load_workload(name, seed=1).requests)
+
+
+@pytest.mark.parametrize("name", ["lmsys", "lmsys-shape", "artifact-overload"])
+def test_load_workload_reads_the_real_traces_by_name(name):
+    w = load_workload(name)
+    assert w.name == name and len(w.requests) > 1000
