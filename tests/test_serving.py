@@ -998,3 +998,14 @@ def test_load_workload_passes_the_seed_and_the_size_to_each_named_workload(name,
 def test_load_workload_reads_the_real_traces_by_name(name):
     w = load_workload(name)
     assert w.name == name and len(w.requests) > 1000
+
+
+def test_load_workload_rate_unknown_names_and_missing_trace_files(tmp_path):
+    slow, fast = (load_workload("sharegpt-shape", n=40, rate=r) for r in (2.0, 8.0))
+    assert max(r.arrival for r in slow.requests) > 2 * max(r.arrival for r in fast.requests)
+    for bad in ("artifact-bogus", "nope"):
+        with pytest.raises(ValueError, match=rf"unknown workload: '{bad}' \(lmsys, sharegpt, shape-skew, .*overload, "
+                                             r".*artifact-<overload\|proportional\|"):
+            load_workload(bad)
+    with pytest.raises(RequestError, match="missing.jsonl"):
+        load_workload(str(tmp_path / "missing.jsonl"))
