@@ -663,6 +663,16 @@ def check_output_file(opt: str, path: str | os.PathLike) -> None:
         raise ValueError(f"{opt} {path}: its folder {p.parent} does not exist")
 
 
+def check_trace_output(path: str | os.PathLike) -> None:
+    """A trace file to be written: its suffix names an encoding (ValueError) and it is not a folder
+    (IsADirectoryError); both one line, naming the path."""
+    p = Path(path)
+    if not (p.name.endswith(".jsonl") or p.name.endswith(".jsonl.gz") or _is_npz(p)):
+        raise ValueError(f"{path}: the output must end in .jsonl, .jsonl.gz or .npz")
+    if p.is_dir():
+        raise IsADirectoryError(f"{path}: is a directory, not a trace file")
+
+
 def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike, what: str = "output") -> None:
     """ValueError (one line) when dst is src, by name or as the same file on disk: writing it would destroy the
     input while it is read."""
@@ -677,9 +687,7 @@ def refuse_same_file(src: str | os.PathLike, dst: str | os.PathLike, what: str =
 def convert(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Convert between encodings (by suffix); lossless. Returns the record count. dst is never src, and a
     conversion that fails (a bad record half-way) leaves no partial dst behind."""
-    name = Path(dst).name
-    if not (name.endswith(".jsonl") or name.endswith(".jsonl.gz") or name.endswith(".npz")):
-        raise ValueError(f"{dst}: the output must end in .jsonl, .jsonl.gz or .npz")
+    check_trace_output(dst)
     refuse_same_file(src, dst)
     existed = Path(dst).exists()
     try:

@@ -22,7 +22,7 @@ import numpy as np
 
 from phantom.gen.calibrate import CalibrationStats, Calibrator, Priors
 from phantom.gen.condition import Condition, ConditionSpace, HostSetup, Knobs, Link
-from phantom.trace import MacWriter, TraceHeader, TraceWriter, mac_sidecar_path
+from phantom.trace import MacWriter, TraceHeader, TraceWriter, check_trace_output, mac_sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +156,7 @@ def generate(ck: dict[str, Any], out: str | os.PathLike, cond: Condition, cfg: G
     from phantom.gen.train import build_model
 
     out = Path(out)
-    if not (out.name.endswith(".jsonl.gz") or out.name.endswith(".jsonl") or out.suffix == ".npz"):
-        raise ValueError(f"{out}: the output must end in .jsonl.gz, .jsonl or .npz")
-    if out.is_dir():
-        raise IsADirectoryError(f"{out}: is a directory, not a trace file")
+    check_trace_output(out)
     impl, model, enc, space = build_model(ck)
     header = header_for(ck, cond, impl.name.value)
     if host is not None:
